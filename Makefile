@@ -1,0 +1,75 @@
+# volte developer entry points. `make test` from a fresh clone sets everything up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Written after a successful install; anything that changes what gets installed or generated
+# makes it stale, and the next `make venv` reinstalls (which regenerates volte/ too).
+STAMP := $(VENV)/.installed.stamp
+PROTOS := $(shell find proto -name '*.proto')
+PYTEST_ARGS ?=
+# Debian packages for real peers in tests: command -> package that provides it.
+DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help venv deps proto lint test bench demo clean
+
+help:
+	@echo "make venv   create .venv and install volte[dev] editable (generates volte/ from proto/)"
+	@echo "make deps   install the Debian packages tests use: sipp, tshark, redis-server"
+	@echo "make proto  regenerate volte/ from proto/ after editing a .proto"
+	@echo "make lint   ruff check and mypy"
+	@echo "make test   venv + deps, lint, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"
+	@echo "make bench  run the benchmarks in tests/bench/"
+	@echo "make demo   the end-to-end demo"
+	@echo "make clean  remove generated code, build output and caches (keeps .venv)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml hatch_build.py $(PROTOS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# The build hook runs in this venv (--no-build-isolation) so the code it generates matches
+	@# the grpcio/protobuf installed here; a separate build env could pick newer versions.
+	$(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		> $(VENV)/build-requires.txt
+	$(PY) -m pip install --quiet -r $(VENV)/build-requires.txt
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
+	touch $@
+
+deps:
+	@missing=""; \
+	for pair in $(DEB_TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all present"; exit 0; fi; \
+	echo "deps: installing$$missing"; \
+	echo "wireshark-common wireshark-common/install-setuid boolean false" | $(SUDO) debconf-set-selections; \
+	$(SUDO) apt-get update -qq && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $$missing </dev/null
+
+proto: $(STAMP)
+	$(PY) hatch_build.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy services loadgen tests hatch_build.py
+
+test: venv deps
+	@$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
+	else echo "bench: no benchmarks yet (add tests/bench/__main__.py)"; fi
+
+demo: $(STAMP)
+	@echo "demo: the end-to-end call demo arrives with the sbc service; for now, the CLI:"
+	$(VENV)/bin/volte --version
+
+clean:
+	rm -rf volte build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache $(STAMP)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

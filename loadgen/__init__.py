@@ -1,0 +1,1 @@
+"""loadgen: simulated UEs and eNodeBs placing real calls through a volte stack."""

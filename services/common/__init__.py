@@ -1,0 +1,1 @@
+"""Helpers every service shares: configuration, telemetry, gRPC health."""
