@@ -74,6 +74,8 @@ class StreamFramer:
         text = lengths.pop()
         if not text.isdigit():
             raise FramingError("bad Content-Length on a stream")
+        if len(text) > 18 and len(text.lstrip(b"0")) > 18:  # int() raises past 4300 digits
+            raise FramingError("message too large", 513)
         total = end + 4 + int(text)
         if total > self._limits.max_message_size:
             raise FramingError("message too large", 513)

@@ -70,6 +70,16 @@ LIST_HEADERS = frozenset(
     }
 )
 
+# Headers whose single value holds commas that do not separate list elements (credentials,
+# challenges, dates). values()/first_value() and friends never split them: each field line is
+# one value (RFC 3261 section 7.3.1: these are never combined into one line).
+NO_SPLIT_HEADERS = frozenset(
+    {
+        "www-authenticate", "authorization", "proxy-authenticate", "proxy-authorization",
+        "authentication-info", "date",
+    }
+)
+
 # Headers that may appear once (RFC 3261 table 2/3 and section 7.3.1).
 SINGLE_HEADERS = frozenset(
     {
@@ -154,6 +164,8 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """List elements across all fields of a comma-separated list header."""
+        if canonical_name(name) in NO_SPLIT_HEADERS:
+            return self.get_all(name)
         out: list[str] = []
         for value in self.get_all(name):
             out.extend(split_commas(value))
@@ -164,7 +176,7 @@ class Headers:
         value = self.get(name)
         if value is None:
             return None
-        if "," not in value:
+        if "," not in value or canonical_name(name) in NO_SPLIT_HEADERS:
             return value
         return split_commas(value)[0]
 
@@ -206,7 +218,7 @@ class Headers:
         key = canonical_name(name)
         for i, f in enumerate(self._fields):
             if f.key == key:
-                parts = split_commas(f.value)
+                parts = [f.value] if key in NO_SPLIT_HEADERS else split_commas(f.value)
                 if len(parts) == 1:
                     del self._fields[i]
                 else:
@@ -219,7 +231,7 @@ class Headers:
         key = canonical_name(name)
         for i, f in enumerate(self._fields):
             if f.key == key:
-                parts = split_commas(f.value)
+                parts = [f.value] if key in NO_SPLIT_HEADERS else split_commas(f.value)
                 parts[0] = value
                 self._fields[i] = HeaderField(key, f.name, ", ".join(parts))
                 return
@@ -374,17 +386,28 @@ def parse_cseq(value: str) -> CSeq:
     m = _CSEQ_RE.fullmatch(value)
     if m is None:
         raise ParseError("bad CSeq")
+    if len(m.group(1)) > 10 and len(m.group(1).lstrip("0")) > 10:
+        raise ParseError("CSeq number too large")  # before int(): it raises past 4300 digits
     seq = int(m.group(1))
     if seq > MAX_CSEQ:
         raise ParseError("CSeq number too large")
     return CSeq(seq, m.group(2))
 
 
-def parse_uint(value: str, what: str, limit: int) -> int:
+def parse_uint(value: str, what: str, limit: int, *, clamp: bool = False) -> int:
+    """A decimal number <= limit; beyond it ParseError, or `limit` itself with clamp=True."""
     if not value.isdigit() or not value.isascii():
         raise ParseError(f"bad {what}")
+    # Peers send any number of digits: compare lengths before int(), which is quadratic and
+    # raises ValueError (not ParseError) beyond 4300 digits.
+    if len(value) > 18 and len(value.lstrip("0")) > len(str(limit)):
+        if clamp:
+            return limit
+        raise ParseError(f"{what} too large")
     n = int(value)
     if n > limit:
+        if clamp:
+            return limit
         raise ParseError(f"{what} too large")
     return n
 

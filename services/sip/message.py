@@ -54,6 +54,10 @@ _DATE_RE = re.compile(
 )
 MAX_EXPIRES = 2**32 - 1
 _CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_REASON_BAD_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # Reason-Phrase allows HTAB
+# List headers whose grammar allows an empty value: "Supported:" means no extensions,
+# "Accept:" no formats (RFC 3261 sections 20.1-20.5, 20.37).
+_MAY_BE_EMPTY = frozenset(("supported", "allow", "accept", "accept-encoding", "accept-language"))
 
 
 def _parse_top_via(value: str) -> Via:
@@ -140,7 +144,7 @@ class Message:
         value = self.headers.get("expires")
         if value is None:
             return None
-        return min(parse_uint(value, "Expires", 10**30), MAX_EXPIRES)
+        return parse_uint(value, "Expires", MAX_EXPIRES, clamp=True)
 
     def set_body(self, body: bytes, content_type: str | None = None) -> None:
         self.body = body
@@ -165,12 +169,13 @@ class Message:
             if h.count(key) > 1:
                 raise ParseError(f"more than one {key.title()} header")
         for f in h:
-            if f.key in LIST_HEADERS and f.value == "":
+            if f.value == "" and f.key in LIST_HEADERS and f.key not in _MAY_BE_EMPTY:
                 raise ParseError(f"empty {f.name} header")
         for via in h.values("via"):
             parse_via(via)
         self.from_, self.to, self.cseq  # noqa: B018 - parsing is the check
-        if WORD_RE.fullmatch(self.call_id.partition("@")[0]) is None:
+        word, at, host = self.call_id.partition("@")
+        if WORD_RE.fullmatch(word) is None or (at and WORD_RE.fullmatch(host) is None):
             raise ParseError("bad Call-ID")
         self.max_forwards  # noqa: B018
         self.expires  # noqa: B018
@@ -185,8 +190,10 @@ class Message:
         if date is not None and _DATE_RE.fullmatch(date) is None:
             raise ParseError("bad Date")
         for name in ("require", "proxy-require", "supported", "allow", "unsupported"):
-            for token in h.values(name):
-                if not is_token(token):
+            for value in h.get_all(name):
+                if value == "" and name in _MAY_BE_EMPTY:
+                    continue
+                if not all(is_token(token) for token in split_commas(value)):
                     raise ParseError(f"bad {name.title()} header")
         ctype = h.get("content-type")
         if ctype is not None and "/" not in ctype:
@@ -338,7 +345,9 @@ def _parse(data: bytes, limits: ParserLimits) -> Request | Response:
 
 
 # One whole unfolded field line: (raw, name, value). Trailing whitespace stays in raw only.
-_FIELD_RE = re.compile(r"(([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*([^\r\n]*))\r\n")
+# A match must start at a line start: findall() would otherwise skip junk before a name
+# ("X Via: ..." or "Subject: a\nVia: ..." read as a Via), and the line count would still agree.
+_FIELD_RE = re.compile(r"(?:(?<=\r\n)|\A)(([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*([^\r\n]*))\r\n")
 _KEY_CACHE: dict[str, str] = {}
 
 
@@ -372,6 +381,8 @@ def _split_fields_slow(lines: list[str], limits: ParserLimits) -> list[HeaderFie
     for line in lines:
         if len(line) > max_len:
             raise ParseError("header line too long")
+        if "\r" in line or "\n" in line:  # another element may end the line there
+            raise ParseError("bare CR or LF in header")
         if line[:1] in (" ", "\t"):  # folded continuation (RFC 3261 section 7.3.1)
             if not fields:
                 raise ParseError("continuation line before the first header")
@@ -408,6 +419,8 @@ def _parse_status_line(start: str, headers: Headers, body: bytes) -> Response:
     code, _, reason = rest.partition(" ")
     if len(code) != 3 or not code.isdigit() or not code.isascii() or not "100" <= code <= "699":
         raise ParseError("bad status code")
+    if _REASON_BAD_RE.search(reason):
+        raise ParseError("control character in reason phrase")
     return Response(int(code), reason, headers, body, version)
 
 

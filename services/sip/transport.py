@@ -16,6 +16,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from services.sip.errors import FramingError, ParseError
 from services.sip.framing import KeepAlivePing, NeedData, RawMessage, StreamFramer
@@ -234,8 +235,7 @@ class _TcpFlow(asyncio.Protocol):
     _framer: StreamFramer = field(default_factory=StreamFramer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.remote = transport.get_extra_info("peername")[:2]
         self.local = transport.get_extra_info("sockname")[:2]
         self._framer = StreamFramer(self.owner._limits)

@@ -53,11 +53,21 @@ class URI:
         return self.host.lower()
 
     def param(self, name: str) -> str | None:
-        value = self.params.get(name.lower())
+        value = self.params.get(self._param_key(name))
         return None if value is None else unescape(value)
 
     def has_param(self, name: str) -> bool:
-        return name.lower() in self.params
+        return self._param_key(name) in self.params
+
+    def _param_key(self, name: str) -> str:
+        """The key of parameter `name` in self.params, whose names may be %-escaped
+        (`;%6C%72` is `;lr`, RFC 3261 section 19.1.4)."""
+        key = name.lower()
+        if key not in self.params:
+            for k in self.params:
+                if "%" in k and unescape(k).lower() == key:
+                    return k
+        return key
 
     def render(self) -> str:
         if self.opaque is not None:
@@ -89,7 +99,11 @@ class URI:
             return False
         if self.opaque is not None or other.opaque is not None:
             return self.opaque == other.opaque
-        if self.user_unescaped != other.user_unescaped or self.password != other.password:
+        if self.user_unescaped != other.user_unescaped:
+            return False
+        if (self.password is None) != (other.password is None) or (
+            self.password is not None and unescape(self.password) != unescape(other.password or "")
+        ):
             return False
         if self.host_lower != other.host_lower or self.port != other.port:
             return False
@@ -97,8 +111,14 @@ class URI:
             a, b = self.param(name), other.param(name)
             if (a or "").lower() != (b or "").lower():
                 return False
-        common = set(self.params) & set(other.params)
-        return all((self.param(n) or "").lower() == (other.param(n) or "").lower() for n in common)
+        names = {unescape(n).lower() for n in self.params}
+        common = names & {unescape(n).lower() for n in other.params}
+        if not all((self.param(n) or "").lower() == (other.param(n) or "").lower() for n in common):
+            return False
+        # Header components are never ignored: same set, escapes resolved, any order.
+        return sorted((unescape(k).lower(), unescape(v)) for k, v in self.headers) == sorted(
+            (unescape(k).lower(), unescape(v)) for k, v in other.headers
+        )
 
 
 def parse_uri(text: str) -> URI:
@@ -181,7 +201,12 @@ def parse_hostport(text: str, what: str) -> tuple[str, int | None]:
             raise ParseError(f"bad host in {what}")
     port: int | None = None
     if port_text is not None:
-        if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
+        if (
+            not port_text.isdigit()
+            or not port_text.isascii()
+            or len(port_text) > 5
+            or int(port_text) > 65535
+        ):
             raise ParseError(f"bad port in {what}")
         port = int(port_text)
     return host, port
