@@ -1,0 +1,16 @@
+"""`make bench`: every benchmark in turn, figures printed; non-zero exit when a target is missed."""
+
+from __future__ import annotations
+
+from tests.bench import sip_parser, uas_vs_sipp
+
+
+def main() -> int:
+    failures = 0
+    for bench in (sip_parser, uas_vs_sipp):
+        failures += bench.main() != 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
