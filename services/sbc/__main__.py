@@ -1,0 +1,173 @@
+"""`python -m services.sbc`: the P-CSCF / signalling SBC (options: --help, or VOLTE_* variables).
+
+With `--workers N` this process is a supervisor: it starts N worker processes that share the
+SIP port (SO_REUSEPORT), each with its own admin/health gRPC port (the base port + index),
+restarts a worker that dies, and forwards SIGTERM for a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services import __version__
+from services.common.config import load
+from services.common.health import add_health
+from services.common.telemetry import setup_logging, setup_telemetry
+from services.sbc.config import SbcConfig
+from services.sbc.core import Sbc
+from services.sbc.state_client import StateClient
+from services.sip.transport import install_event_loop_policy
+from volte.v1 import sbc_admin_pb2, sbc_admin_pb2_grpc
+
+log = logging.getLogger("volte.sbc")
+DRAIN_SECONDS = 5.0
+
+
+class Admin(sbc_admin_pb2_grpc.SbcAdminServicer):
+    def __init__(self, sbc: Sbc, started: float) -> None:
+        self.sbc = sbc
+        self.started = started
+
+    def _status(self) -> sbc_admin_pb2.SbcStatus:
+        started = Timestamp()
+        started.FromSeconds(int(self.started))
+        state = (
+            sbc_admin_pb2.SbcStatus.STATE_DRAINING
+            if self.sbc.draining
+            else sbc_admin_pb2.SbcStatus.STATE_SERVING
+        )
+        return sbc_admin_pb2.SbcStatus(
+            instance_id=self.sbc.config.instance, version=__version__, state=state,
+            started_at=started,
+        )
+
+    async def GetStatus(self, request: object, context: object) -> sbc_admin_pb2.SbcStatus:
+        return self._status()
+
+    async def Drain(self, request: object, context: object) -> sbc_admin_pb2.SbcStatus:
+        self.sbc.draining = True
+        return self._status()
+
+
+def _with_port(address: str, offset: int) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + offset if int(port) else 0}"
+
+
+async def _state_serving(state: StateClient) -> bool:
+    stub = health_pb2_grpc.HealthStub(state.channel)
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(config: SbcConfig) -> int:
+    install_event_loop_policy()
+    telemetry = setup_telemetry("sbc", metrics_port=config.metrics_port)
+    state = StateClient(config.state, config.state_timeout)
+    sbc = Sbc(config, state)
+    try:
+        await sbc.start()
+    except OSError as exc:
+        log.error("cannot listen for SIP", extra={"port": config.sip_port, "error": str(exc)})
+        print(f"sbc: cannot listen on {config.sip_listen}:{config.sip_port}: {exc}",
+              file=sys.stderr)
+        return 1
+    server = grpc.aio.server()
+    sbc_admin_pb2_grpc.add_SbcAdminServicer_to_server(Admin(sbc, time.time()), server)
+    health = await add_health(server, ["volte.v1.SbcAdmin"])
+    grpc_port = server.add_insecure_port(_with_port(config.grpc_listen, config.worker_index))
+    await server.start()
+    log.info(
+        "sbc listening",
+        extra={"sip": f"{config.sip_listen}:{sbc.port}", "grpc_port": grpc_port,
+               "worker": config.worker_index, "instance": config.instance},
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def watch_readiness() -> None:
+        # Ready only while the state store answers: otherwise new work would only get 503s.
+        serving = False
+        while True:
+            ok = await _state_serving(state)
+            if ok != serving:
+                await (health.serving() if ok else health.not_serving())
+                log.info("readiness changed", extra={"serving": ok})
+                serving = ok
+            await asyncio.sleep(1.0)
+
+    watcher = asyncio.create_task(watch_readiness())
+    await stop.wait()
+    log.info("draining")
+    sbc.draining = True
+    await health.shutdown()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while sbc.by_server and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    watcher.cancel()
+    await server.stop(grace=1.0)
+    await sbc.stop()
+    await state.close()
+    telemetry.shutdown()
+    return 0
+
+
+def supervise(config: SbcConfig, argv: Sequence[str]) -> int:
+    """Run `config.workers` worker processes on one SIP port; restart any that dies."""
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "VOLTE_WORKER_INDEX": str(index), "VOLTE_WORKERS": str(config.workers)}
+        return subprocess.Popen([sys.executable, "-m", "services.sbc", *argv], env=env)
+
+    workers = {i: spawn(i) for i in range(config.workers)}
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers.values():
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while True:
+        for index, proc in list(workers.items()):
+            if proc.poll() is None:
+                continue
+            if stopping:
+                del workers[index]
+                continue
+            log.warning("worker died, restarting", extra={"worker": index, "rc": proc.returncode})
+            workers[index] = spawn(index)
+        if stopping and not workers:
+            return 0
+        time.sleep(0.2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = load(SbcConfig, args, prog="python -m services.sbc",
+                  description="volte sbc: P-CSCF / signalling SBC")
+    setup_logging("sbc", config.log_level)
+    if config.workers > 1 and "VOLTE_WORKER_INDEX" not in os.environ:
+        return supervise(config, args)
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

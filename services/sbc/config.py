@@ -1,0 +1,58 @@
+"""The sbc's options: flags and VOLTE_* environment variables of the same names."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from services.common.config import option
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SbcConfig:
+    sip_listen: str = option("127.0.0.1", "address the SIP UDP and TCP listeners bind to")
+    sip_port: int = option(5060, "SIP port, UDP and TCP")
+    advertised_host: str = option(
+        "", "host the sbc writes in Via and Record-Route (default: --sip-listen)"
+    )
+    domain: str = option("ims.local", "home domain: users @domain are registered here")
+    state: str = option("127.0.0.1:50051", "state service gRPC address host:port")
+    state_timeout: float = option(1.0, "seconds before a state RPC counts as failed (then 503)")
+    grpc_listen: str = option("127.0.0.1:50061", "gRPC admin + health address (port 0: any)")
+    metrics_port: int = option(0, "Prometheus endpoint port (0: off)")
+    next_hop: str = option("", "host:port of the S-CSCF for other domains (empty: 404)")
+    nonce_secret: str = option(
+        "", "digest nonce key shared by all sbc instances (empty: random per process)"
+    )
+    digest_algorithms: str = option(
+        "MD5,SHA-256",
+        "digest challenges offered, most preferred first (many UAs, SIPp among them, answer "
+        "only the first and know only MD5)",
+    )
+    nonce_lifetime: float = option(300.0, "seconds a digest nonce stays valid")
+    min_expires: int = option(60, "shortest registration accepted (shorter gets 423)")
+    max_expires: int = option(3600, "longest registration granted")
+    default_expires: int = option(600, "registration lifetime when the UE asks none")
+    overload_target_ms: float = option(100.0, "target latency of overload control, ms")
+    overload_initial_rate: float = option(2000.0, "initial admitted new requests per second")
+    workers: int = option(1, "worker processes sharing the SIP port (SO_REUSEPORT)")
+    worker_index: int = option(0, "set by the parent for each worker (0: the only one)")
+    instance_id: str = option("", "name of this instance (default: host-pid)")
+    log_level: str = option("INFO", "log level")
+
+    @property
+    def advertised(self) -> str:
+        return self.advertised_host or self.sip_listen
+
+    @property
+    def digest_algorithm_list(self) -> list[str]:
+        return [a.strip().upper() for a in self.digest_algorithms.split(",") if a.strip()]
+
+    @property
+    def instance(self) -> str:
+        return self.instance_id or _default_instance()

@@ -1,0 +1,601 @@
+"""The sbc's request handling: validate -> identify -> route -> forward, as a routing script.
+
+The transaction user on top of `SipEndpoint`. Long-lived state is in the state service (one
+RPC per SIP transaction at most: Register, Route, PutDialog, DeleteDialog); in-dialog requests
+are routed from the signed flow tokens in our Record-Route (see flowtoken.py) with no lookup.
+What is held here lives only as long as a transaction: the proxy contexts tying a UE's server
+transaction to the client transactions forked from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from services.sbc.config import SbcConfig
+from services.sbc.flowtoken import Hop, read_route_params, record_route_params
+from services.sbc.overload import OverloadControl
+from services.sbc.registrar import Registrar
+from services.sbc.state_client import StateClient, StateError, StateUnavailable, transport_enum
+from services.sip.endpoint import SipEndpoint
+from services.sip.errors import ParseError
+from services.sip.headers import Headers, Via, parse_name_addr
+from services.sip.message import Request, Response, make_response
+from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx
+from services.sip.transport import Source
+from services.sip.uri import URI, parse_uri
+from volte.v1 import common_pb2, state_pb2
+
+log = logging.getLogger("volte.sbc")
+tracer = trace.get_tracer("volte.sbc")
+meter = metrics.get_meter("volte.sbc")
+
+SUPPORTED = frozenset({"path", "outbound", "timer", "100rel", "replaces", "gruu"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, PRACK, MESSAGE"
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+
+def aor_of(uri: URI) -> str:
+    """The address-of-record of a URI: scheme, user and host, no parameters."""
+    if uri.scheme == "tel":
+        return f"tel:{uri.user}"
+    if uri.opaque is not None:
+        return str(uri)
+    return f"{uri.scheme}:{uri.user_unescaped or ''}@{uri.host_lower}"
+
+
+@dataclass(eq=False)
+class Branch:
+    target: Hop
+    request: Request
+    final: Response | None = None
+    provisional: bool = False
+
+
+@dataclass(eq=False)
+class ProxyContext:
+    """One proxied request: the UE's server transaction and the branches forked from it."""
+
+    server_tx: ServerTx
+    request: Request
+    source: Source
+    started: float
+    branches: dict[ClientTx, Branch] = field(default_factory=dict)
+    final_sent: bool = False
+    cancelled: bool = False
+    caller_impu: str = ""
+    callee_impu: str = ""
+    caller_imsi: str = ""
+    callee_imsi: str = ""
+
+
+class SbcMetrics:
+    def __init__(self) -> None:
+        self.requests = meter.create_counter("sbc_sip_requests", description="SIP requests")
+        self.responses = meter.create_counter("sbc_sip_responses", description="responses sent")
+        self.registrations = meter.create_counter("sbc_registrations", description="REGISTER OK")
+        self.calls_started = meter.create_counter("sbc_calls_started", description="answered")
+        self.active_calls = meter.create_up_down_counter("sbc_active_calls", description="calls")
+        self.setup_latency = meter.create_histogram(
+            "sbc_transaction_latency", unit="s", description="request in to final response out"
+        )
+        self.rejected = meter.create_counter("sbc_overload_rejected", description="503 sent")
+
+
+class Sbc:
+    """The transaction user: one instance per worker process."""
+
+    def __init__(self, config: SbcConfig, state: StateClient) -> None:
+        self.config = config
+        self.state = state
+        self.endpoint = SipEndpoint(self)
+        self.key = (config.nonce_secret or os.urandom(32).hex()).encode()
+        self.overload = OverloadControl(
+            target_latency=config.overload_target_ms / 1000,
+            rate=config.overload_initial_rate,
+        )
+        self.registrar = Registrar(config, state, self.key, self.endpoint)
+        self.metrics = SbcMetrics()
+        self.by_client: dict[ClientTx, ProxyContext] = {}
+        self.by_server: dict[ServerTx, ProxyContext] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = config.sip_port
+        self.draining = False
+        self.next_hop: Hop | None = None
+        if config.next_hop:
+            host, _, port = config.next_hop.rpartition(":")
+            self.next_hop = Hop("UDP", (host.strip("[]"), int(port)))
+
+    async def start(self) -> None:
+        bound = await self.endpoint.listen(
+            self.config.sip_listen, self.config.sip_port, reuse_port=self.config.workers > 1
+        )
+        self.port = bound[1]
+
+    async def stop(self) -> None:
+        await self.endpoint.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- TransactionUser -----------------------------------------------------------------------
+    def on_request(self, request: Request, tx: ServerTx | None, source: Source) -> None:
+        self.metrics.requests.add(1, {"method": request.method})
+        if tx is None:  # ACK for a 2xx: forwarded statelessly along the dialog's route
+            self._spawn(self._forward_ack(request, source))
+            return
+        self._spawn(self._handle(request, tx, source))
+
+    def on_response(self, response: Response, tx: ClientTx | None, source: Source) -> None:
+        ctx = self.by_client.get(tx) if tx is not None else None
+        if ctx is None:
+            self._forward_stray(response)
+            return
+        self._branch_response(ctx, tx, response)  # type: ignore[arg-type]
+
+    def on_timeout(self, tx: ClientTx | ServerTx) -> None:
+        ctx = self.by_client.get(tx)  # type: ignore[arg-type]
+        if ctx is not None and ctx.branches[tx].final is None:  # type: ignore[index]
+            self._branch_response(ctx, tx, make_response(tx.request, 408))  # type: ignore[arg-type]
+
+    # -- the routing script --------------------------------------------------------------------
+    async def _handle(self, request: Request, tx: ServerTx, source: Source) -> None:
+        started = time.monotonic()
+        with tracer.start_as_current_span(f"SIP {request.method}") as span:
+            span.set_attribute("sip.call_id", request.call_id)
+            try:
+                await self._route(request, tx, source, started)
+            except ParseError as exc:
+                self._reply(tx, exc.status, exc.reason)
+            except StateUnavailable as exc:
+                log.warning("state store unavailable", extra={"error": str(exc)})
+                self._reply(tx, 503, "State Store Unavailable", extra=[("Retry-After", "2")])
+            except StateError:
+                log.exception("state store refused a call")
+                self._reply(tx, 500)
+            finally:
+                if request.method in ("INVITE", "REGISTER"):
+                    self.overload.record_latency(time.monotonic() - started, time.monotonic())
+
+    async def _route(self, request: Request, tx: ServerTx, source: Source, started: float) -> None:
+        request.validate()  # strict: input from UEs is untrusted
+        problem = self._sanity(request)
+        if problem is not None:
+            status, reason, extra = problem
+            self._reply(tx, status, reason, extra=extra)
+            return
+        method = request.method
+        if method == "CANCEL":
+            self._cancel(request, tx)
+            return
+        if request.to.tag is not None or self._our_route(request):
+            await self._in_dialog(request, tx, source, started)
+            return
+        if self._is_for_us(request):
+            if method == "OPTIONS":
+                self._reply(tx, 200, extra=[("Allow", ALLOW)])
+                return
+            if method != "REGISTER":
+                self._reply(tx, 405, extra=[("Allow", "OPTIONS, REGISTER")])
+                return
+        if method in ("INVITE", "REGISTER") and not self._admit():
+            retry = str(self.overload.retry_after())
+            self._reply(tx, 503, "Overloaded", extra=[("Retry-After", retry)])
+            return
+        if method == "REGISTER":
+            status = await self.registrar.handle(request, tx, source)
+            if status == 200:
+                self.metrics.registrations.add(1)
+            return
+        await self._out_of_dialog(request, tx, source, started)
+
+    def _sanity(self, request: Request) -> tuple[int, str | None, list[tuple[str, str]]] | None:
+        """RFC 3261 section 16.3: checks before anything is looked up."""
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards == 0 and not self._is_for_us(request):
+            return 483, None, []
+        unsupported = [
+            t for t in request.headers.values("proxy-require") if t.lower() not in SUPPORTED
+        ]
+        if unsupported:
+            return 420, None, [("Unsupported", ", ".join(unsupported))]
+        if request.uri.scheme not in ("sip", "sips", "tel"):
+            return 416, None, []
+        if self._looped(request):
+            return 482, None, []
+        return None
+
+    def _looped(self, request: Request) -> bool:
+        mine = self._branch(request, "")
+        return any(
+            via.host == self.config.advertised and (via.port or 5060) == self.port
+            and (via.branch or "").startswith(mine)
+            for via in request.vias
+        )
+
+    def _admit(self) -> bool:
+        if self.draining or not self.overload.admit(time.monotonic()):
+            self.metrics.rejected.add(1)
+            return False
+        return True
+
+    def _is_for_us(self, request: Request) -> bool:
+        uri = request.uri
+        if uri.user is not None:
+            return False
+        return uri.host_lower in (self.config.domain.lower(), self.config.advertised.lower())
+
+    def _our_uri(self, uri: URI) -> bool:
+        return uri.host_lower == self.config.advertised.lower() and (uri.port or 5060) == self.port
+
+    def _our_route(self, request: Request) -> bool:
+        first = request.headers.first_value("route")
+        return first is not None and self._our_uri(parse_name_addr(first).uri)
+
+    # -- out of dialog: identify the caller, find the callee, fork --------------------------------
+    async def _out_of_dialog(
+        self, request: Request, tx: ServerTx, source: Source, started: float
+    ) -> None:
+        ctx = ProxyContext(tx, request, source, started)
+        self.by_server[tx] = ctx
+        callee_uri = request.uri
+        home = callee_uri.host_lower == self.config.domain.lower() or callee_uri.scheme == "tel"
+        trusted = self.next_hop is not None and source.remote == self.next_hop.address
+        claimed = request.headers.first_value("p-preferred-identity")
+        caller_uri = parse_name_addr(claimed).uri if claimed else request.from_.uri
+        routed = await self.state.route(
+            state_pb2.RouteRequest(
+                caller_impu="" if trusted else aor_of(caller_uri),
+                source=common_pb2.SocketAddress(ip=source.remote[0], port=source.remote[1]),
+                transport=transport_enum(source.transport),
+                callee_impu=aor_of(callee_uri) if home else "",
+            )
+        )
+        if ctx.cancelled:
+            self._final(ctx, make_response(request, 487))
+            return
+        if not trusted:
+            if not routed.caller_registered:
+                self._final(ctx, make_response(request, 403, "Not Registered"))
+                return
+            self._assert_identity(request, routed.asserted_impu)
+        ctx.caller_impu = routed.asserted_impu or aor_of(request.from_.uri)
+        ctx.caller_imsi = routed.caller_imsi
+        targets: list[tuple[URI, Hop]] = []
+        if home:
+            if not routed.callee_known:
+                self._final(ctx, make_response(request, 404))
+                return
+            for binding in routed.callee_bindings:
+                hop = Hop(
+                    "TCP" if binding.transport == common_pb2.SIP_TRANSPORT_TCP else "UDP",
+                    (binding.received.ip, binding.received.port),
+                )
+                targets.append((parse_uri(binding.contact_uri), hop))
+                ctx.callee_imsi = ctx.callee_imsi or binding.imsi
+            if not targets:
+                self._final(ctx, make_response(request, 480))
+                return
+            ctx.callee_impu = aor_of(callee_uri)
+        elif self.next_hop is not None and not trusted:
+            targets.append((callee_uri, self.next_hop))
+            ctx.callee_impu = aor_of(callee_uri)
+        else:
+            self._final(ctx, make_response(request, 404, "No Route To Domain"))
+            return
+        for n, (uri, hop) in enumerate(targets):
+            self._fork(ctx, uri, hop, n, record_route=request.method in DIALOG_METHODS)
+
+    def _assert_identity(self, request: Request, impu: str) -> None:
+        """RFC 3325: what the UE claimed is replaced by what we know; a fresh charging icid."""
+        h = request.headers
+        h.remove("p-preferred-identity")
+        h.remove("p-asserted-identity")
+        if impu:
+            h.add_first("P-Asserted-Identity", f"<{impu}>")
+        h.set(
+            "P-Charging-Vector",
+            f"icid-value={uuid.uuid4().hex};icid-generated-at={self.config.advertised}",
+        )
+
+    def _fork(self, ctx: ProxyContext, uri: URI, hop: Hop, n: int, *, record_route: bool) -> None:
+        out = Request(ctx.request.method, uri, ctx.request.headers.copy(), ctx.request.body)
+        mf = ctx.request.max_forwards
+        out.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
+        if record_route:
+            params = record_route_params(self.key, Hop.of(ctx.source))
+            out.headers.add_first("Record-Route", f"<{self._own_uri(hop.transport)}{params}>")
+        self._send_branch(ctx, out, hop, n)
+
+    def _send_branch(self, ctx: ProxyContext, out: Request, hop: Hop, n: int) -> None:
+        via = Via(hop.transport, self.config.advertised, self.port,
+                  {"branch": f"{self._branch(ctx.request, '')}.{n}", "rport": None})
+        out.headers.add_first("Via", str(via))
+        client_tx = self.endpoint.send_request(out, hop.source())
+        ctx.branches[client_tx] = Branch(hop, out)
+        self.by_client[client_tx] = ctx
+
+    def _branch(self, request: Request, extra: str) -> str:
+        """Our branch for a request: stable for retransmissions, so loops can be detected."""
+        top = request.top_via
+        seed = f"{top.branch}|{top.sent_by}|{request.uri_text}|{request.call_id}|{request.cseq}"
+        return "z9hG4bK" + hashlib.sha1((seed + extra).encode()).hexdigest()[:20]
+
+    def _own_uri(self, transport: str) -> str:
+        host = self.config.advertised
+        host = f"[{host}]" if ":" in host else host
+        suffix = ";transport=tcp" if transport == "TCP" else ""
+        return f"sip:{host}:{self.port}{suffix};lr"
+
+    # -- in dialog: the Route says where --------------------------------------------------------
+    def _next_hop_in_dialog(self, request: Request, source: Source) -> Hop | None:
+        """Pop our Route entries, then follow the next Route, or our flow token."""
+        token: tuple[Hop, Hop | None] | None = None
+        while True:
+            first = request.headers.first_value("route")
+            if first is None:
+                break
+            route = parse_name_addr(first)
+            if not self._our_uri(route.uri):
+                host = route.uri.host.strip("[]")
+                port = route.uri.port or 5060
+                transport = (route.uri.param("transport") or "udp").upper()
+                return Hop("TCP" if transport == "TCP" else "UDP", (host, port))
+            request.headers.pop_first_value("route")
+            token = read_route_params(self.key, dict(route.uri.params)) or token
+        if token is not None:
+            caller, callee = token
+            if source.remote == caller.address:
+                return callee
+            return caller
+        return None
+
+    async def _in_dialog(
+        self, request: Request, tx: ServerTx, source: Source, started: float
+    ) -> None:
+        hop = self._next_hop_in_dialog(request, source)
+        if hop is None:
+            self._reply(tx, 481 if request.to.tag else 404)
+            return
+        ctx = ProxyContext(tx, request, source, started)
+        self.by_server[tx] = ctx
+        out = Request(request.method, request.uri, request.headers.copy(), request.body)
+        mf = request.max_forwards
+        out.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
+        self._send_branch(ctx, out, hop, 0)
+
+    async def _forward_ack(self, ack: Request, source: Source) -> None:
+        try:
+            hop = self._next_hop_in_dialog(ack, source)
+        except ParseError:
+            return
+        if hop is None:
+            return
+        out = Request("ACK", ack.uri, ack.headers.copy(), ack.body)
+        via = Via(hop.transport, self.config.advertised, self.port,
+                  {"branch": self._branch(ack, "ack"), "rport": None})
+        out.headers.add_first("Via", str(via))
+        self.endpoint.send_stateless(out, hop.source())
+
+    # -- responses: aggregation (RFC 3261 section 16.7) -----------------------------------------
+    def _branch_response(self, ctx: ProxyContext, tx: ClientTx, response: Response) -> None:
+        branch = ctx.branches.get(tx)
+        if branch is None:
+            return
+        # Upstream gets the Via stack of the request it sent: matched by our transaction, the
+        # response is ours to answer with, whatever Vias a broken UAS echoed.
+        response.headers.remove("via")
+        for via in ctx.request.headers.get_all("via"):
+            response.headers.add("Via", via)
+        status = response.status
+        if status < 200:
+            branch.provisional = True
+            if status != 100 and not ctx.final_sent:
+                self._relay(ctx, response, tx)
+            if ctx.cancelled:
+                self._send_cancel(branch)
+            return
+        first_final = branch.final is None
+        branch.final = response
+        if status < 300:
+            if ctx.request.method == "INVITE":
+                self._spawn(self._answered(ctx, tx, response))
+            else:
+                self._final(ctx, response)
+            self._cancel_others(ctx, tx)
+            return
+        if status >= 600:
+            self._cancel_others(ctx, tx)
+        if first_final and all(b.final is not None for b in ctx.branches.values()):
+            self._final(ctx, self._choose(ctx))
+
+    def _is_our_via(self, response: Response) -> bool:
+        via = response.top_via
+        return via.host == self.config.advertised and (via.port or 5060) == self.port
+
+    def _choose(self, ctx: ProxyContext) -> Response:
+        finals = [b.final for b in ctx.branches.values() if b.final is not None]
+        six = [r for r in finals if r.status >= 600]
+        if six:
+            return six[0]
+        lowest = min(r.status // 100 for r in finals)
+        pool = [r for r in finals if r.status // 100 == lowest]
+        preferred = [r for r in pool if r.status in (401, 407, 415, 420, 484)]
+        chosen = (preferred or pool)[0]
+        if chosen.status == 503:  # 16.7 step 6: a 503 from downstream is not ours to give
+            return make_response(ctx.request, 500)
+        if chosen.status == 408 and ctx.request.method == "INVITE":
+            return make_response(ctx.request, 408)
+        return chosen
+
+    async def _answered(self, ctx: ProxyContext, tx: ClientTx, response: Response) -> None:
+        """A 2xx to INVITE: record the dialog (for clean-up and failover), then relay it."""
+        branch = ctx.branches[tx]
+        request = ctx.request
+        dialog = state_pb2.Dialog(
+            id=common_pb2.DialogId(
+                call_id=request.call_id,
+                from_tag=request.from_.tag or "",
+                to_tag=response.to.tag or "",
+            ),
+            state=state_pb2.Dialog.STATE_CONFIRMED,
+            caller_impu=ctx.caller_impu,
+            callee_impu=ctx.callee_impu,
+            caller_received=common_pb2.SocketAddress(ip=ctx.source.remote[0],
+                                                     port=ctx.source.remote[1]),
+            caller_transport=transport_enum(ctx.source.transport),
+            callee_received=common_pb2.SocketAddress(ip=branch.target.address[0],
+                                                     port=branch.target.address[1]),
+            callee_transport=transport_enum(branch.target.transport),
+            caller_imsi=ctx.caller_imsi,
+            callee_imsi=ctx.callee_imsi,
+            sbc_instance=self.config.instance,
+        )
+        try:
+            await self.state.put_dialog(state_pb2.PutDialogRequest(dialog=dialog))
+        except (StateUnavailable, StateError) as exc:
+            # The call goes on: in-dialog routing needs no state; only clean-up would miss it.
+            log.warning("dialog not stored", extra={"error": str(exc), "call_id": request.call_id})
+        if not ctx.final_sent:
+            self.metrics.calls_started.add(1)
+            self.metrics.active_calls.add(1)
+        self._rewrite_record_route(response, ctx, branch.target)
+        self._final(ctx, response, allow_repeat=True)
+
+    def _rewrite_record_route(self, response: Response, ctx: ProxyContext, callee: Hop) -> None:
+        """Add the callee's flow to our Record-Route in what goes back to the caller."""
+        values = response.headers.values("record-route")
+        for i, value in enumerate(values):
+            rr = parse_name_addr(value)
+            if self._our_uri(rr.uri) and read_route_params(self.key, dict(rr.uri.params)):
+                caller = Hop.of(ctx.source)
+                params = record_route_params(self.key, caller, callee)
+                values[i] = f"<{self._own_uri(callee.transport)}{params}>"
+                response.headers.set("Record-Route", ", ".join(values))
+                return
+
+    def _relay(self, ctx: ProxyContext, response: Response, tx: ClientTx) -> None:
+        if response.status < 200 and ctx.request.method == "INVITE":
+            branch = ctx.branches[tx]
+            if response.to.tag and response.headers.get("record-route"):
+                self._rewrite_record_route(response, ctx, branch.target)
+        self.endpoint.respond(ctx.server_tx, response)
+
+    def _final(self, ctx: ProxyContext, response: Response, *, allow_repeat: bool = False) -> None:
+        if ctx.final_sent and not allow_repeat:
+            return
+        ctx.final_sent = True
+        self.endpoint.respond(ctx.server_tx, response)
+        self.metrics.responses.add(1, {"class": f"{response.status // 100}xx"})
+        self.metrics.setup_latency.record(time.monotonic() - ctx.started)
+        if ctx.request.method == "BYE" and response.status < 300:
+            self._spawn(self._dialog_ended(ctx.request))
+        if all(b.final is not None for b in ctx.branches.values()):
+            self._forget(ctx)
+
+    def _forget(self, ctx: ProxyContext) -> None:
+        self.by_server.pop(ctx.server_tx, None)
+        for tx in ctx.branches:
+            self.by_client.pop(tx, None)
+
+    async def _dialog_ended(self, bye: Request) -> None:
+        self.metrics.active_calls.add(-1)
+        dialog_id = common_pb2.DialogId(
+            call_id=bye.call_id, from_tag=bye.from_.tag or "", to_tag=bye.to.tag or ""
+        )
+        try:
+            await self.state.delete_dialog(state_pb2.DeleteDialogRequest(id=dialog_id))
+        except (StateUnavailable, StateError, LookupError) as exc:
+            log.info("dialog not deleted", extra={"error": str(exc), "call_id": bye.call_id})
+
+    def _forward_stray(self, response: Response) -> None:
+        """A 2xx retransmission after the transaction ended: pass it on statelessly."""
+        try:
+            if not (200 <= response.status < 300) or not self._is_our_via(response):
+                return
+            response.headers.pop_first_value("via")
+            via = response.top_via
+        except ParseError:
+            return
+        host, port = via.params.get("received") or via.host, via.port or 5060
+        rport = via.params.get("rport")
+        if rport and rport.isdigit():
+            port = int(rport)
+        self.endpoint.send_stateless(response, Source(via.transport, (host, port), ("", 0)))
+
+    # -- CANCEL (RFC 3261 sections 9 and 16.10) --------------------------------------------------
+    def _cancel(self, request: Request, tx: ServerTx) -> None:
+        target = self.endpoint.layer.find_cancel_target(request)
+        if target is None:
+            self._reply(tx, 481)
+            return
+        self._reply(tx, 200)
+        ctx = self.by_server.get(target)
+        if ctx is None:
+            if isinstance(target, InviteServerTransaction) and target.last_response is None:
+                self.endpoint.reply(target, 487)
+            return
+        ctx.cancelled = True
+        for branch in ctx.branches.values():
+            if branch.final is None and branch.provisional:
+                self._send_cancel(branch)
+
+    def _cancel_others(self, ctx: ProxyContext, winner: ClientTx) -> None:
+        for tx, branch in ctx.branches.items():
+            if tx is not winner and branch.final is None and branch.provisional:
+                self._send_cancel(branch)
+
+    def _send_cancel(self, branch: Branch) -> None:
+        original = branch.request
+        h = original.headers
+        cancel_headers = [("Via", h.first_value("via") or "")]
+        cancel_headers += [("Route", v) for v in h.values("route")]
+        cancel_headers += [
+            ("Max-Forwards", "70"),
+            ("From", h.get("from") or ""),
+            ("To", h.get("to") or ""),
+            ("Call-ID", original.call_id),
+            ("CSeq", f"{original.cseq.seq} CANCEL"),
+            ("Content-Length", "0"),
+        ]
+        cancel = Request("CANCEL", original.uri, Headers.of(cancel_headers))
+        try:
+            self.endpoint.send_request(cancel, branch.target.source())
+        except Exception:  # a CANCEL already sent for this branch
+            log.debug("CANCEL not sent", exc_info=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _reply(
+        self,
+        tx: ServerTx,
+        status: int,
+        reason: str | None = None,
+        *,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        if tx.terminated:
+            return
+        self.endpoint.reply(tx, status, reason, to_tag=self._to_tag(tx.request), extra=extra)
+        self.metrics.responses.add(1, {"class": f"{status // 100}xx"})
+
+    def _to_tag(self, request: Request) -> str:
+        return hashlib.sha1(f"{request.call_id}|{request.top_via.branch}".encode()).hexdigest()[:12]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handling failed", exc_info=task.exception())
+

@@ -1,0 +1,70 @@
+"""Flow tokens in our Record-Route URI: how any sbc instance routes in-dialog requests statelessly.
+
+The Record-Route URI the sbc inserts carries where each side of the dialog is really reached
+(the address its requests came from: NAT traversal), signed with the key all instances share
+(as RFC 5626 flow tokens are). The INVITE's copy knows the caller; the copy in the 2xx sent to
+the caller is rewritten (RFC 3261 section 16.7 step 4) to add the callee. An in-dialog request
+then says by its own Route header where it goes, whichever instance receives it, without a
+state lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from services.sip.transport import Address, Source
+
+
+@dataclass(frozen=True)
+class Hop:
+    transport: str  # UDP or TCP
+    address: Address
+
+    def encode(self) -> str:
+        raw = f"{self.transport}|{self.address[0]}|{self.address[1]}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Hop | None:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            transport, host, port = raw.split("|")
+            return cls(transport, (host, int(port)))
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    @classmethod
+    def of(cls, source: Source) -> Hop:
+        return cls(source.transport, source.remote)
+
+    def source(self) -> Source:
+        return Source(self.transport, self.address, ("", 0))
+
+
+def _mac(key: bytes, caller: str, callee: str) -> str:
+    return hmac.new(key, f"{caller};{callee}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def record_route_params(key: bytes, caller: Hop, callee: Hop | None = None) -> str:
+    """The `;c=...;e=...;s=...` parameters of our Record-Route URI."""
+    c = caller.encode()
+    e = callee.encode() if callee else ""
+    out = f";c={c}"
+    if e:
+        out += f";e={e}"
+    return out + f";s={_mac(key, c, e)}"
+
+
+def read_route_params(key: bytes, params: dict[str, str | None]) -> tuple[Hop, Hop | None] | None:
+    """The caller and callee hops from our Route URI's parameters; None when absent or forged."""
+    c, e, s = params.get("c") or "", params.get("e") or "", params.get("s") or ""
+    if not c or not hmac.compare_digest(s, _mac(key, c, e)):
+        return None
+    caller = Hop.decode(c)
+    callee = Hop.decode(e) if e else None
+    if caller is None or (e and callee is None):
+        return None
+    return caller, callee

@@ -1,0 +1,297 @@
+"""The whole stack on one machine: redis-server, state, sbc as child processes.
+
+Used by `volte up` and by the tests that need the real thing. Each service is started with
+flags, then awaited until its gRPC health service says SERVING; what was started is written to
+`<run_dir>/stack.json` so `volte status` and `volte down` find it from another shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REDIS_INSTALL_HINT = "apt-get install redis-server   (or pass --redis redis://host:port/0)"
+
+
+class StackError(RuntimeError):
+    """Something the user can fix: a busy port, a missing binary, a service that never came up."""
+
+
+@dataclass
+class Proc:
+    service: str
+    pid: int
+    argv: list[str]
+    grpc: str = ""  # host:port of its gRPC health service, "" for redis
+    address: str = ""  # what it serves: redis URL, SIP address
+    log: str = ""
+
+
+@dataclass
+class StackConfig:
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 5060
+    domain: str = "ims.local"
+    redis: str = ""  # empty: start our own redis-server
+    redis_port: int = 6390
+    state_grpc: str = "127.0.0.1:50051"
+    sbc_grpc: str = "127.0.0.1:50061"
+    sbc_workers: int = 1
+    next_hop: str = ""
+    run_dir: str = field(default_factory=lambda: f"/tmp/volte-{os.getuid()}")
+    nonce_secret: str = field(default_factory=lambda: os.urandom(16).hex())
+    extra_sbc_args: list[str] = field(default_factory=list)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_busy(host: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # As the servers themselves bind: a listener makes the port busy, a connection
+            # left in TIME_WAIT by the previous run does not.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def grpc_serving(address: str, timeout: float = 1.0) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.procs: list[Proc] = []
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+    @property
+    def redis_url(self) -> str:
+        return self.config.redis or f"redis://127.0.0.1:{self.config.redis_port}/0"
+
+    # -- start ----------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        c = self.config
+        for kind, name in ((socket.SOCK_DGRAM, "UDP"), (socket.SOCK_STREAM, "TCP")):
+            if port_busy(c.sip_host, c.sip_port, kind):
+                raise StackError(
+                    f"SIP port {c.sip_host}:{c.sip_port}/{name} is in use: pick another with "
+                    "--sip-port, or stop what holds it (`volte down` if it is us)"
+                )
+        host, _, port = c.sbc_grpc.rpartition(":")
+        grpc_ports = [("state gRPC", c.state_grpc)] + [  # sbc worker i listens on port + i
+            ("sbc gRPC", f"{host}:{int(port) + i}") for i in range(max(1, c.sbc_workers))
+        ]
+        for what, address in grpc_ports:
+            host, _, port = address.rpartition(":")
+            if port_busy(host, int(port), socket.SOCK_STREAM):
+                raise StackError(f"{what} port {address} is in use")
+        if not c.redis:
+            if shutil.which("redis-server") is None:
+                raise StackError(f"redis-server is not installed: {REDIS_INSTALL_HINT}")
+            if port_busy("127.0.0.1", c.redis_port, socket.SOCK_STREAM):
+                raise StackError(f"Redis port {c.redis_port} is in use: pass --redis-port")
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.preflight()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        c = self.config
+        try:
+            if not c.redis:
+                self._spawn(
+                    "redis",
+                    ["redis-server", "--port", str(c.redis_port), "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)],
+                    address=self.redis_url,
+                )
+                self._wait_redis(timeout)
+            self._spawn(
+                "state",
+                [sys.executable, "-m", "services.state", "--grpc-listen", c.state_grpc,
+                 "--redis", self.redis_url],
+                grpc=c.state_grpc,
+            )
+            self._wait_serving("state", c.state_grpc, timeout)
+            sbc_args = [
+                sys.executable, "-m", "services.sbc", "--sip-listen", c.sip_host,
+                "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
+                "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers),
+                "--nonce-secret", c.nonce_secret, *c.extra_sbc_args,
+            ]
+            if c.next_hop:
+                sbc_args += ["--next-hop", c.next_hop]
+            self._spawn("sbc", sbc_args, grpc=c.sbc_grpc, address=f"{c.sip_host}:{c.sip_port}")
+            self._wait_serving("sbc", c.sbc_grpc, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self._save()
+
+    def _spawn(self, service: str, argv: list[str], *, grpc: str = "", address: str = "") -> None:
+        log_path = self.run_dir / f"{service}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop them
+            )
+        self.procs.append(Proc(service, proc.pid, argv, grpc, address, str(log_path)))
+
+    def _check_alive(self, service: str) -> None:
+        proc = next(p for p in self.procs if p.service == service)
+        if not pid_alive(proc.pid):
+            tail = Path(proc.log).read_text(errors="replace")[-1500:]
+            raise StackError(f"{service} exited during start-up; its log ({proc.log}):\n{tail}")
+
+    def _wait_redis(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive("redis")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.config.redis_port), timeout=0.5
+            ) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+            time.sleep(0.1)
+        raise StackError("redis-server did not answer PING")
+
+    def _wait_serving(self, service: str, address: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(service)
+            if grpc_serving(address, timeout=0.5):
+                return
+            time.sleep(0.2)
+        raise StackError(f"{service} did not report SERVING on {address} within {timeout:.0f} s")
+
+    # -- state file, status, stop ---------------------------------------------------------------
+    def _save(self) -> None:
+        data = {"config": asdict(self.config), "procs": [asdict(p) for p in self.procs]}
+        self.state_file.write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: str) -> Stack | None:
+        path = Path(run_dir) / "stack.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        stack = cls(StackConfig(**data["config"]))
+        stack.procs = [Proc(**p) for p in data["procs"]]
+        return stack
+
+    def status(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for p in self.procs:
+            alive = proc_alive(p)
+            if not alive:
+                status = "DEAD"
+            elif p.grpc:
+                status = "SERVING" if grpc_serving(p.grpc) else "NOT_SERVING"
+            else:
+                status = "RUNNING"
+            out.append({"service": p.service, "pid": p.pid, "status": status,
+                        "grpc": p.grpc, "address": p.address, "log": p.log})
+            out.extend(
+                {"service": f"{p.service}-worker", "pid": child, "status": status,
+                 "parent": p.pid, "grpc": "", "address": p.address, "log": p.log}
+                for child in children(p.pid)
+            )
+        return out
+
+    def stop(self, timeout: float = 10.0) -> None:
+        # Reverse order: the sbc drains while state and Redis still answer.
+        for p in reversed(self.procs):
+            if proc_alive(p):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while pid_alive(p.pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if pid_alive(p.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+        self.procs.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own children
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def proc_alive(p: Proc) -> bool:
+    """`p.pid` is alive and still runs what we started (after a reboot or a crash, a stale
+    stack.json may name a pid the kernel has since given to an unrelated process)."""
+    if not pid_alive(p.pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the pid
+    if cmdline.endswith(b"\0"):
+        cmdline = cmdline[:-1]
+    args = [a.decode(errors="replace") for a in cmdline.split(b"\0")]
+    if args == p.argv:
+        return True
+    # redis-server rewrites its title ("redis-server 127.0.0.1:6390") into the first argument.
+    words = args[0].split() if not any(args[1:]) else []
+    return bool(words and p.argv and Path(words[0]).name == Path(p.argv[0]).name)
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def running(config: StackConfig) -> Iterator[Stack]:
+    stack = Stack(config)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,26 @@
+"""`python -m services.state`: the state service (options: --help, or VOLTE_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from services.common.config import load
+from services.common.telemetry import setup_logging
+from services.state.service import StateConfig, serve
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load(
+        StateConfig,
+        argv,
+        prog="python -m services.state",
+        description="volte state store: gRPC volte.v1.StateStore on Redis",
+    )
+    setup_logging("state", config.log_level)
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
