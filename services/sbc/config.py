@@ -30,9 +30,10 @@ class SbcConfig:
         "", "digest nonce key shared by all sbc instances (empty: random per process)"
     )
     digest_algorithms: str = option(
-        "MD5,SHA-256",
-        "digest challenges offered, most preferred first (many UAs, SIPp among them, answer "
-        "only the first and know only MD5)",
+        "MD5",
+        "digest challenges offered, most preferred first, e.g. SHA-256,MD5 (RFC 8760); MD5 "
+        "alone by default: SIPp knows only MD5 and answers the first, libre/baresip refuses "
+        "a 401 that names SHA-256",
     )
     nonce_lifetime: float = option(300.0, "seconds a digest nonce stays valid")
     min_expires: int = option(60, "shortest registration accepted (shorter gets 423)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from services.sip.errors import ParseError
 from services.sip.headers import Headers, Via, parse_name_addr
 from services.sip.message import Request, Response, make_response
 from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx
-from services.sip.transport import Source
+from services.sip.transport import Source, response_destination
 from services.sip.uri import URI, parse_uri
 from volte.v1 import common_pb2, state_pb2
 
@@ -109,6 +110,10 @@ class Sbc:
         self.by_server: dict[ServerTx, ProxyContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = config.sip_port
+        # Where responses to what we forward come back. With several workers on one shared
+        # port (SO_REUSEPORT) the kernel would hand a response to any of them, so each worker
+        # puts a port of its own in the Via of requests it forwards over UDP.
+        self.via_port = config.sip_port
         self.draining = False
         self.next_hop: Hop | None = None
         if config.next_hop:
@@ -120,6 +125,21 @@ class Sbc:
             self.config.sip_listen, self.config.sip_port, reuse_port=self.config.workers > 1
         )
         self.port = bound[1]
+        self.via_port = self.port
+        if self.config.workers > 1:
+            own = await self.endpoint.transport.listen_udp(self.config.sip_listen, 0)
+            self.via_port = own[1]
+
+    @property
+    def _via_local(self) -> tuple[str, int]:
+        return (self.config.sip_listen, self.via_port)
+
+    def _via_for(self, transport: str, branch: str) -> Via:
+        port = self.via_port if transport == "UDP" else self.port
+        return Via(transport, self.config.advertised, port, {"branch": branch, "rport": None})
+
+    def _ours(self, host: str, port: int | None) -> bool:
+        return host == self.config.advertised and (port or 5060) in (self.port, self.via_port)
 
     async def stop(self) -> None:
         await self.endpoint.close()
@@ -176,6 +196,11 @@ class Sbc:
         if method == "CANCEL":
             self._cancel(request, tx)
             return
+        if request.to.tag is None:
+            # RFC 3261 16.4: a preloaded Route naming us (outbound proxy, Service-Route) is
+            # ours to remove; an initial request is then routed like any other.
+            while self._our_route(request):
+                request.headers.pop_first_value("route")
         if request.to.tag is not None or self._our_route(request):
             await self._in_dialog(request, tx, source, started)
             return
@@ -216,8 +241,7 @@ class Sbc:
     def _looped(self, request: Request) -> bool:
         mine = self._branch(request, "")
         return any(
-            via.host == self.config.advertised and (via.port or 5060) == self.port
-            and (via.branch or "").startswith(mine)
+            self._ours(via.host, via.port) and (via.branch or "").startswith(mine)
             for via in request.vias
         )
 
@@ -275,11 +299,8 @@ class Sbc:
                 self._final(ctx, make_response(request, 404))
                 return
             for binding in routed.callee_bindings:
-                hop = Hop(
-                    "TCP" if binding.transport == common_pb2.SIP_TRANSPORT_TCP else "UDP",
-                    (binding.received.ip, binding.received.port),
-                )
-                targets.append((parse_uri(binding.contact_uri), hop))
+                contact = parse_uri(binding.contact_uri)
+                targets.append((contact, self._reach(binding, contact)))
                 ctx.callee_imsi = ctx.callee_imsi or binding.imsi
             if not targets:
                 self._final(ctx, make_response(request, 480))
@@ -293,6 +314,19 @@ class Sbc:
             return
         for n, (uri, hop) in enumerate(targets):
             self._fork(ctx, uri, hop, n, record_route=request.method in DIALOG_METHODS)
+
+    def _reach(self, binding: state_pb2.Binding, contact: URI) -> Hop:
+        """Where a UE is reached: the address its REGISTER came from (NAT), over its flow.
+
+        Over TCP that flow is the connection the UE registered on; when it is gone (and
+        without RFC 5626 outbound nothing can revive it) we connect to the Contact instead.
+        """
+        received = (binding.received.ip, binding.received.port)
+        if binding.transport != common_pb2.SIP_TRANSPORT_TCP:
+            return Hop("UDP", received)
+        if self.endpoint.transport.has_flow(received):
+            return Hop("TCP", received)
+        return Hop("TCP", (contact.host.strip("[]"), contact.port or 5060))
 
     def _assert_identity(self, request: Request, impu: str) -> None:
         """RFC 3325: what the UE claimed is replaced by what we know; a fresh charging icid."""
@@ -316,10 +350,9 @@ class Sbc:
         self._send_branch(ctx, out, hop, n)
 
     def _send_branch(self, ctx: ProxyContext, out: Request, hop: Hop, n: int) -> None:
-        via = Via(hop.transport, self.config.advertised, self.port,
-                  {"branch": f"{self._branch(ctx.request, '')}.{n}", "rport": None})
+        via = self._via_for(hop.transport, f"{self._branch(ctx.request, '')}.{n}")
         out.headers.add_first("Via", str(via))
-        client_tx = self.endpoint.send_request(out, hop.source())
+        client_tx = self.endpoint.send_request(out, hop.source(self._via_local))
         ctx.branches[client_tx] = Branch(hop, out)
         self.by_client[client_tx] = ctx
 
@@ -327,7 +360,23 @@ class Sbc:
         """Our branch for a request: stable for retransmissions, so loops can be detected."""
         top = request.top_via
         seed = f"{top.branch}|{top.sent_by}|{request.uri_text}|{request.call_id}|{request.cseq}"
-        return "z9hG4bK" + hashlib.sha1((seed + extra).encode()).hexdigest()[:20]
+        digest = hashlib.sha1((seed + extra).encode()).hexdigest()[:20]
+        return "z9hG4bK" + digest + self._branch_mac(digest)
+
+    def _branch_mac(self, digest: str) -> str:
+        # Signed, so any worker or instance sharing the key knows a Via as ours (see
+        # _forward_stray) even when another process put it there.
+        return hmac.new(self.key, digest.encode(), hashlib.sha256).hexdigest()[:8]
+
+    def _signed_by_us(self, via: Via) -> bool:
+        branch = via.branch or ""
+        digest, mac = branch[7:27], branch[27:35]
+        return (
+            via.host == self.config.advertised
+            and branch.startswith("z9hG4bK")
+            and len(mac) == 8
+            and hmac.compare_digest(mac, self._branch_mac(digest))
+        )
 
     def _own_uri(self, transport: str) -> str:
         host = self.config.advertised
@@ -380,10 +429,8 @@ class Sbc:
         if hop is None:
             return
         out = Request("ACK", ack.uri, ack.headers.copy(), ack.body)
-        via = Via(hop.transport, self.config.advertised, self.port,
-                  {"branch": self._branch(ack, "ack"), "rport": None})
-        out.headers.add_first("Via", str(via))
-        self.endpoint.send_stateless(out, hop.source())
+        out.headers.add_first("Via", str(self._via_for(hop.transport, self._branch(ack, "ack"))))
+        self.endpoint.send_stateless(out, hop.source(self._via_local))
 
     # -- responses: aggregation (RFC 3261 section 16.7) -----------------------------------------
     def _branch_response(self, ctx: ProxyContext, tx: ClientTx, response: Response) -> None:
@@ -419,7 +466,7 @@ class Sbc:
 
     def _is_our_via(self, response: Response) -> bool:
         via = response.top_via
-        return via.host == self.config.advertised and (via.port or 5060) == self.port
+        return self._ours(via.host, via.port)
 
     def _choose(self, ctx: ProxyContext) -> Response:
         finals = [b.final for b in ctx.branches.values() if b.final is not None]
@@ -517,19 +564,20 @@ class Sbc:
             log.info("dialog not deleted", extra={"error": str(exc), "call_id": bye.call_id})
 
     def _forward_stray(self, response: Response) -> None:
-        """A 2xx retransmission after the transaction ended: pass it on statelessly."""
+        """A response no transaction of ours awaits: a 2xx retransmission after the INVITE
+        transaction ended, or an answer to what another worker forwarded that reached us
+        (UAs that answer to where the dialog's first request came from, not to the Via).
+        If our signature is on the top Via, pass it on statelessly (RFC 3261 16.11)."""
         try:
-            if not (200 <= response.status < 300) or not self._is_our_via(response):
+            if not self._signed_by_us(response.top_via):
                 return
             response.headers.pop_first_value("via")
             via = response.top_via
         except ParseError:
             return
-        host, port = via.params.get("received") or via.host, via.port or 5060
-        rport = via.params.get("rport")
-        if rport and rport.isdigit():
-            port = int(rport)
-        self.endpoint.send_stateless(response, Source(via.transport, (host, port), ("", 0)))
+        destination = response_destination(via)
+        local = self._via_local if via.transport == "UDP" else ("", 0)
+        self.endpoint.send_stateless(response, Source(via.transport, destination, local))
 
     # -- CANCEL (RFC 3261 sections 9 and 16.10) --------------------------------------------------
     def _cancel(self, request: Request, tx: ServerTx) -> None:
@@ -568,7 +616,7 @@ class Sbc:
         ]
         cancel = Request("CANCEL", original.uri, Headers.of(cancel_headers))
         try:
-            self.endpoint.send_request(cancel, branch.target.source())
+            self.endpoint.send_request(cancel, branch.target.source(self._via_local))
         except Exception:  # a CANCEL already sent for this branch
             log.debug("CANCEL not sent", exc_info=True)
 

@@ -40,8 +40,9 @@ class Hop:
     def of(cls, source: Source) -> Hop:
         return cls(source.transport, source.remote)
 
-    def source(self) -> Source:
-        return Source(self.transport, self.address, ("", 0))
+    def source(self, local: Address = ("", 0)) -> Source:
+        """As a peer to send to; `local` picks our UDP socket to send from."""
+        return Source(self.transport, self.address, local if self.transport == "UDP" else ("", 0))
 
 
 def _mac(key: bytes, caller: str, callee: str) -> str:

@@ -134,6 +134,11 @@ class SipTransport:
         (transport or next(iter(self._udp.values()))).sendto(data, dest)
         self.stats.sent += 1
 
+    def has_flow(self, remote: Address) -> bool:
+        """Is there an open connection to `remote` (a UE's registered TCP flow)?"""
+        flow = self._flow_by_remote.get(remote)
+        return flow is not None and not self._flows[flow].closing
+
     def send_on_flow(self, data: bytes, flow: int) -> bool:
         """Send on an existing TCP connection; False when it has gone."""
         conn = self._flows.get(flow)

@@ -102,8 +102,10 @@ class SimpleUas:
         tag = self._tag(request)
         peer = tx.peer
         assert isinstance(peer, Source)
-        contact = [("Contact", f"<sip:uas@{peer.local[0]}:{peer.local[1]}>")]
-        self.endpoint.reply(tx, 180, to_tag=tag)
+        # RFC 3261 section 12.1.1: the dialog's route set is the Record-Route we copy back.
+        route_set = [("Record-Route", v) for v in request.headers.get_all("record-route")]
+        contact = [*route_set, ("Contact", f"<sip:uas@{peer.local[0]}:{peer.local[1]}>")]
+        self.endpoint.reply(tx, 180, to_tag=tag, extra=route_set)
         self.endpoint.respond(
             tx,
             make_response(request, 200, to_tag=tag, extra=contact, body=request.body,

@@ -151,9 +151,16 @@ def binding_order(bindings: Iterable[state_pb2.Binding]) -> list[state_pb2.Bindi
     return sorted(bindings, key=lambda b: (-b.q_milli, -b.expires_at.ToMilliseconds()))
 
 
-def same_source(a: common_pb2.SocketAddress, b: common_pb2.SocketAddress) -> bool:
-    """Same IP and port (the transport is not compared: a UE may switch UDP/TCP)."""
-    return bool(a.ip) and a.port == b.port and keys.normal_ip(a.ip) == keys.normal_ip(b.ip)
+def same_source(
+    a: common_pb2.SocketAddress, b: common_pb2.SocketAddress, *, ip_only: bool = False
+) -> bool:
+    """Same IP and port (the transport is not compared: a UE may switch UDP/TCP).
+
+    `ip_only` for requests over TCP/TLS: a UE opens connections from ephemeral ports, so
+    only its address can be checked (without RFC 5626 outbound flows).
+    """
+    same_port = ip_only or a.port == b.port
+    return bool(a.ip) and same_port and keys.normal_ip(a.ip) == keys.normal_ip(b.ip)
 
 
 # --- dialogs ----------------------------------------------------------------------------------

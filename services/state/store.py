@@ -237,7 +237,12 @@ class RedisStore:
         require(request.source.port <= 65535, "source.port must be 0..65535")
         response = state_pb2.RouteResponse()
         caller, callee = await asyncio.gather(
-            self._identify_caller(request.caller_impu, request.source),
+            self._identify_caller(
+                request.caller_impu,
+                request.source,
+                ip_only=request.transport
+                in (common_pb2.SIP_TRANSPORT_TCP, common_pb2.SIP_TRANSPORT_TLS),
+            ),
             self._callee(request.callee_impu),
         )
         if caller is not None:
@@ -248,31 +253,39 @@ class RedisStore:
         return response
 
     async def _identify_caller(
-        self, claimed: str, source: common_pb2.SocketAddress
+        self, claimed: str, source: common_pb2.SocketAddress, *, ip_only: bool = False
     ) -> tuple[str, str] | None:
         """(asserted IMPU, IMSI) of the subscriber registered from `source`, or None."""
         if not source.ip:
             return None
         if claimed:
             sub = await self.get_subscriber(impu=claimed)
-            if sub is not None and await self._registered_from(sub, source, first=claimed):
+            if sub is not None and await self._registered_from(
+                sub, source, first=claimed, ip_only=ip_only
+            ):
                 return claimed, sub.imsi
         hint = await self.redis.get(keys.source(source.ip, source.port))
         if hint is None:
             return None
         aor = _bytes(hint).decode()
         sub = await self.get_subscriber(impu=aor)
-        if sub is None or not await self._registered_from(sub, source, first=aor):
+        if sub is None or not await self._registered_from(sub, source, first=aor, ip_only=ip_only):
             return None
         return (claimed if claimed in sub.impus else sub.impus[0]), sub.imsi
 
     async def _registered_from(
-        self, sub: state_pb2.Subscriber, source: common_pb2.SocketAddress, *, first: str
+        self,
+        sub: state_pb2.Subscriber,
+        source: common_pb2.SocketAddress,
+        *,
+        first: str,
+        ip_only: bool = False,
     ) -> bool:
         if sub.barred:
             return False
         for impu in [first, *(i for i in sub.impus if i != first)]:
-            if any(rules.same_source(b.received, source) for b in await self.lookup_bindings(impu)):
+            bindings = await self.lookup_bindings(impu)
+            if any(rules.same_source(b.received, source, ip_only=ip_only) for b in bindings):
                 return True
         return False
 

@@ -7,6 +7,7 @@ registers from that port first, so the sbc knows where it is and that it is regi
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -15,13 +16,20 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.stack import Stack, StackConfig, free_port
+from services.stack import Stack, StackConfig, free_port, port_busy
 from services.subscribers import Provisioner
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
 
 SCENARIOS = Path(__file__).parent / "sipp"
 PASSWORD = "secret"
 FIRST = 100000
+USERS = 60
+_numbers = iter(range(FIRST, FIRST + USERS - 1))  # the last one is never registered
+
+
+def fresh() -> int:
+    """A subscriber no other test has registered: stale bindings would fork calls to them."""
+    return next(_numbers)
 
 pytestmark = pytest.mark.interop
 
@@ -38,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(config)
     stack.start()
     provisioner = Provisioner(config.state_grpc)
-    provisioner.provision(20, FIRST, "ims.local", PASSWORD)
+    provisioner.provision(USERS, FIRST, "ims.local", PASSWORD)
     provisioner.close()
     yield stack
     stack.stop()
@@ -50,7 +58,7 @@ class Ue:
     def __init__(self, stack: Stack, number: int, tmp: Path, transport: str = "u1") -> None:
         self.stack = stack
         self.number = number
-        self.port = free_port(2)  # SOCK_DGRAM
+        self.port = free_udp_and_tcp_port()
         self.tmp = tmp
         self.transport = transport
 
@@ -75,12 +83,22 @@ class Ue:
         )
         self.run(SCENARIOS / "ue_register.xml", "-inf", str(users))
 
-    def call(self, callee: int, scenario: str = "call_uac.xml") -> subprocess.Popen[str]:
+    def call(
+        self, callee: int, scenario: str = "call_uac.xml", hold_ms: int = 300
+    ) -> subprocess.Popen[str]:
         return self.sipp(SCENARIOS / scenario, "-s", str(callee), "-key", "caller",
-                         str(self.number))
+                         str(self.number), "-d", str(hold_ms))
 
     def answer(self, scenario: str = "call_uas.xml") -> subprocess.Popen[str]:
         return self.sipp(SCENARIOS / scenario)
+
+
+def free_udp_and_tcp_port() -> int:
+    """SIPp listens on its -p port over UDP or TCP: it must be free for both."""
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        if not port_busy("127.0.0.1", port, socket.SOCK_STREAM):
+            return port
 
 
 def finish(proc: subprocess.Popen[str], tmp: Path, timeout: float = 40) -> None:
@@ -102,7 +120,7 @@ def state_stub(stack: Stack) -> state_pb2_grpc.StateStoreStub:
 
 
 def test_register_with_digest_binds_the_source_address(stack: Stack, tmp_path: Path) -> None:
-    ue = Ue(stack, FIRST + 10, tmp_path)
+    ue = Ue(stack, fresh(), tmp_path)
     ue.register()
     bindings = state_stub(stack).LookupBindings(
         state_pb2.LookupBindingsRequest(impu=f"sip:{ue.number}@ims.local"), timeout=5
@@ -111,8 +129,10 @@ def test_register_with_digest_binds_the_source_address(stack: Stack, tmp_path: P
     assert bindings[0].transport == common_pb2.SIP_TRANSPORT_UDP
 
 
-def test_call_between_registered_ues(stack: Stack, tmp_path: Path) -> None:
-    caller, callee = Ue(stack, FIRST, tmp_path), Ue(stack, FIRST + 1, tmp_path)
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_call_between_registered_ues(stack: Stack, tmp_path: Path, transport: str) -> None:
+    caller = Ue(stack, fresh(), tmp_path, transport)
+    callee = Ue(stack, fresh(), tmp_path, transport)
     caller.register()
     callee.register()
     answering = callee.answer()
@@ -121,7 +141,7 @@ def test_call_between_registered_ues(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_busy_callee_gives_486(stack: Stack, tmp_path: Path) -> None:
-    caller, callee = Ue(stack, FIRST + 2, tmp_path), Ue(stack, FIRST + 3, tmp_path)
+    caller, callee = Ue(stack, fresh(), tmp_path), Ue(stack, fresh(), tmp_path)
     caller.register()
     callee.register()
     answering = callee.answer("call_uas_busy.xml")
@@ -129,8 +149,10 @@ def test_busy_callee_gives_486(stack: Stack, tmp_path: Path) -> None:
     finish(answering, tmp_path)
 
 
-def test_cancel_while_ringing(stack: Stack, tmp_path: Path) -> None:
-    caller, callee = Ue(stack, FIRST + 4, tmp_path), Ue(stack, FIRST + 5, tmp_path)
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_cancel_while_ringing(stack: Stack, tmp_path: Path, transport: str) -> None:
+    caller = Ue(stack, fresh(), tmp_path, transport)
+    callee = Ue(stack, fresh(), tmp_path, transport)
     caller.register()
     callee.register()
     answering = callee.answer("cancel_uas.xml")
@@ -141,22 +163,22 @@ def test_cancel_while_ringing(stack: Stack, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("status", "callee", "register_caller"),
     [
-        (403, FIRST + 7, False),  # the caller never registered
+        (403, FIRST + 1, False),  # the caller never registered
         (404, 999999, True),  # nobody provisioned with that number
-        (480, FIRST + 19, True),  # provisioned, not registered
+        (480, FIRST + USERS - 1, True),  # provisioned, never registered
     ],
 )
 def test_rejections(
     stack: Stack, tmp_path: Path, status: int, callee: int, register_caller: bool
 ) -> None:
-    caller = Ue(stack, FIRST + 6, tmp_path)
+    caller = Ue(stack, fresh(), tmp_path)
     if register_caller:
         caller.register()
     finish(caller.call(callee, expecting(status, tmp_path)), tmp_path)
 
 
 def test_concurrent_calls(stack: Stack, tmp_path: Path) -> None:
-    pairs = [(Ue(stack, FIRST + 8 + 2 * i, tmp_path), Ue(stack, FIRST + 9 + 2 * i, tmp_path))
+    pairs = [(Ue(stack, fresh(), tmp_path), Ue(stack, fresh(), tmp_path))
              for i in range(2)]
     for a, b in pairs:
         a.register()
