@@ -73,6 +73,7 @@ class ProxyContext:
     branches: dict[ClientTx, Branch] = field(default_factory=dict)
     final_sent: bool = False
     cancelled: bool = False
+    decided: bool = False  # a 2xx or 6xx came: every other branch is to be cancelled
     caller_impu: str = ""
     callee_impu: str = ""
     caller_imsi: str = ""
@@ -445,9 +446,10 @@ class Sbc:
         status = response.status
         if status < 200:
             branch.provisional = True
-            if status != 100 and not ctx.final_sent:
+            if status != 100 and not ctx.final_sent and not ctx.decided:
                 self._relay(ctx, response, tx)
-            if ctx.cancelled:
+            if ctx.cancelled or ctx.decided:
+                # RFC 3261 section 16.10: a branch is cancelled once it has rung.
                 self._send_cancel(branch)
             return
         first_final = branch.final is None
@@ -462,6 +464,11 @@ class Sbc:
         if status >= 600:
             self._cancel_others(ctx, tx)
         if first_final and all(b.final is not None for b in ctx.branches.values()):
+            if any(b.final is not None and b.final.status < 300 for b in ctx.branches.values()):
+                # A 2xx won (and is relayed by _answered): this branch only had to end.
+                if ctx.final_sent:
+                    self._forget(ctx)
+                return
             self._final(ctx, self._choose(ctx))
 
     def _is_our_via(self, response: Response) -> bool:
@@ -597,6 +604,7 @@ class Sbc:
                 self._send_cancel(branch)
 
     def _cancel_others(self, ctx: ProxyContext, winner: ClientTx) -> None:
+        ctx.decided = True  # branches that ring later are cancelled when they do
         for tx, branch in ctx.branches.items():
             if tx is not winner and branch.final is None and branch.provisional:
                 self._send_cancel(branch)

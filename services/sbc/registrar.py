@@ -105,7 +105,7 @@ class Registrar:
             return 403
         now = time.time()
         extra = [
-            ("Contact", f"<{b.contact_uri}>;expires={max(0, int(b.expires_at.seconds - now))}")
+            ("Contact", f"<{b.contact_uri}>;expires={_remaining(b, now)}")
             for b in result.bindings
         ]
         if request.headers.get("path") and any(
@@ -159,6 +159,11 @@ class Registrar:
             ),
             expires=duration,
         )
+
+
+def _remaining(binding: state_pb2.Binding, now: float) -> int:
+    expires_at = binding.expires_at.seconds + binding.expires_at.nanos / 1e9
+    return max(0, round(expires_at - now))
 
 
 def _tag(tx: ServerTx) -> str:

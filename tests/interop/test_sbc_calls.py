@@ -192,3 +192,27 @@ def test_concurrent_calls(stack: Stack, tmp_path: Path) -> None:
         t.join()
     for p in answering:
         finish(p, tmp_path)
+
+
+def test_reinvite_to_hold_within_the_call(stack: Stack, tmp_path: Path) -> None:
+    caller, callee = Ue(stack, fresh(), tmp_path), Ue(stack, fresh(), tmp_path)
+    caller.register()
+    callee.register()
+    answering = callee.answer("call_uas_reinvite.xml")
+    finish(caller.call(callee.number, "call_uac_reinvite.xml"), tmp_path)
+    finish(answering, tmp_path)
+
+
+def test_parallel_fork_to_every_binding(stack: Stack, tmp_path: Path) -> None:
+    """Two devices registered for one user: both get the INVITE; the one that rings first is
+    cancelled when the other answers (RFC 3261 sections 16.7 and 16.10)."""
+    caller = Ue(stack, fresh(), tmp_path)
+    number = fresh()
+    phone, tablet = Ue(stack, number, tmp_path), Ue(stack, number, tmp_path)
+    for ue in (caller, phone, tablet):
+        ue.register()
+    ringing = phone.answer("cancel_uas.xml")
+    answering = tablet.answer("call_uas_answer_late.xml")
+    finish(caller.call(number), tmp_path)
+    finish(answering, tmp_path)
+    finish(ringing, tmp_path)
