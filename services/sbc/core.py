@@ -183,8 +183,12 @@ class Sbc:
                 log.exception("state store refused a call")
                 self._reply(tx, 500)
             finally:
+                elapsed = time.monotonic() - started
                 if request.method in ("INVITE", "REGISTER"):
-                    self.overload.record_latency(time.monotonic() - started, time.monotonic())
+                    self.overload.record_latency(elapsed, time.monotonic())
+                answered = tx.last_response
+                if answered is not None and answered.status >= 200:  # answered here, not relayed
+                    self.metrics.setup_latency.record(elapsed, {"method": request.method})
 
     async def _route(self, request: Request, tx: ServerTx, source: Source, started: float) -> None:
         request.validate()  # strict: input from UEs is untrusted
@@ -549,7 +553,9 @@ class Sbc:
         ctx.final_sent = True
         self.endpoint.respond(ctx.server_tx, response)
         self.metrics.responses.add(1, {"class": f"{response.status // 100}xx"})
-        self.metrics.setup_latency.record(time.monotonic() - ctx.started)
+        self.metrics.setup_latency.record(
+            time.monotonic() - ctx.started, {"method": ctx.request.method}
+        )
         if ctx.request.method == "BYE" and response.status < 300:
             self._spawn(self._dialog_ended(ctx.request))
         if all(b.final is not None for b in ctx.branches.values()):

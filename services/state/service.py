@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import redis.exceptions as redis_errors
-from opentelemetry import metrics
+from opentelemetry import metrics, propagate, trace
 
 from services.common.config import option
 from services.common.health import HealthReporter, add_health
@@ -98,6 +98,9 @@ class _Throttled:
         self._last, self._suppressed = now, 0
 
 
+tracer = trace.get_tracer("volte.state")
+
+
 class StateServicer(state_pb2_grpc.StateStoreServicer):
     """Each RPC: validate, run against the store within `deadline` seconds, map errors to
     status codes (logging each failure once), count it."""
@@ -119,9 +122,14 @@ class StateServicer(state_pb2_grpc.StateStoreServicer):
         if remaining is not None:
             budget = min(budget, remaining)
         code, message = grpc.StatusCode.OK, ""
+        # A child of the caller's span (the sbc's SIP transaction): W3C trace context comes
+        # in the gRPC metadata.
+        parent = propagate.extract(dict(context.invocation_metadata() or ()))
+        span = tracer.start_span(f"StateStore/{method}", context=parent)
         try:
             async with asyncio.timeout(budget):
-                result = await work()
+                with trace.use_span(span, end_on_exit=True):
+                    result = await work()
         except InvalidArgument as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except NotFound as exc:

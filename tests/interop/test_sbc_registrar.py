@@ -7,6 +7,7 @@ small admission rate (to see overload control act); the client is tests/interop/
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from volte.v1 import state_pb2, state_pb2_grpc
 pytestmark = pytest.mark.interop
 FIRST = 200000
 _numbers = iter(range(FIRST, FIRST + 30))
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         state_grpc=f"127.0.0.1:{free_port()}",
         sbc_grpc=f"127.0.0.1:{free_port()}",
         run_dir=str(tmp_path_factory.mktemp("stack")),
-        extra_sbc_args=["--nonce-lifetime", "1", "--overload-initial-rate", "40"],
+        extra_sbc_args=["--nonce-lifetime", "1", "--overload-initial-rate", "40",
+                        "--metrics-port", str(METRICS_PORT)],
     )
     stack = Stack(config)
     stack.start()
@@ -166,3 +169,19 @@ def test_overload_rejects_new_work_with_retry_after_but_serves_dialogs(
         assert bye.status == 481
     finally:
         flood.close()
+
+
+def test_prometheus_endpoint_counts_what_happened(stack: Stack) -> None:
+    """Runs last in this module: the registrations and the overload above are counted."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values: dict[str, float] = {}  # summed over labels
+    for line in text.splitlines():
+        if line.startswith("sbc_"):
+            name = line.split("{")[0].split(" ")[0]
+            values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    assert values["sbc_registrations_total"] >= 5
+    assert values["sbc_overload_rejected_total"] >= 50
+    assert values["sbc_sip_requests_total"] >= 100
+    latency = [line for line in text.splitlines() if "latency" in line]
+    assert any("_bucket" in line for line in latency), latency
