@@ -66,9 +66,9 @@ bench: $(STAMP)
 	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
 	else echo "bench: no benchmarks yet (add tests/bench/__main__.py)"; fi
 
-demo: $(STAMP)
-	@echo "demo: the end-to-end call demo arrives with the sbc service; for now, the CLI:"
-	$(VENV)/bin/volte --version
+demo: venv deps
+	@# A stack on free ports: redis-server, state, sbc; simulated UEs register and call.
+	$(VENV)/bin/volte demo
 
 clean:
 	rm -rf volte build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache $(STAMP)

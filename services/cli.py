@@ -150,6 +150,13 @@ class UpOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    pairs: int = option(5, "caller/callee pairs calling at once", parse=_positive)
+    rounds: int = option(3, "rounds of calls", parse=_positive)
+    hold: float = option(0.5, "seconds each call lasts")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunDirOptions:
     run_dir: str = option(DEFAULT_RUN_DIR, RUN_DIR_HELP)
 
@@ -359,6 +366,13 @@ def _foreground(stack: Stack) -> int:
 
 
 # -- volte down, status -----------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo import run_demo  # loads loadgen: only when asked for
+
+    opts = _options(args, DemoOptions)
+    return run_demo(pairs=opts.pairs, calls=opts.rounds, hold=opts.hold)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     opts = _options(args, RunDirOptions)
     run_dir = Path(opts.run_dir)
@@ -532,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
              "start redis-server, state and sbc; stay in the foreground until Ctrl-C "
              "(or --detach)")
     _command(commands, "down", cmd_down, RunDirOptions, "stop the stack `volte up` started")
+    _command(commands, "demo", cmd_demo, DemoOptions,
+             "run a stack on free ports, register simulated UEs, call through the sbc, stop")
     status = _command(
         commands, "status", cmd_status, RunDirOptions,
         "show each process of the stack; exit 0 all serving, 1 some not, 3 nothing running",
