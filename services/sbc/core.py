@@ -244,9 +244,9 @@ class Sbc:
         return None
 
     def _looped(self, request: Request) -> bool:
-        mine = self._branch(request, "")
+        key = "z9hG4bK" + self._loop_key(request)
         return any(
-            self._ours(via.host, via.port) and (via.branch or "").startswith(mine)
+            self._signed_by_us(via) and (via.branch or "").startswith(key)
             for via in request.vias
         )
 
@@ -354,7 +354,17 @@ class Sbc:
             out.headers.add_first("Record-Route", f"<{self._own_uri(hop.transport)}{params}>")
         self._send_branch(ctx, out, hop, n)
 
+    def _toward_ue(self, hop: Hop) -> bool:
+        return self.next_hop is None or hop.address != self.next_hop.address
+
+    def _hide_topology(self, out: Request, hop: Hop) -> None:
+        """Toward a UE, only our Via: the hops behind us stay private. Nothing is lost, as
+        responses get the Via stack of the request we received (see _branch_response)."""
+        if self._toward_ue(hop):
+            out.headers.remove("via")
+
     def _send_branch(self, ctx: ProxyContext, out: Request, hop: Hop, n: int) -> None:
+        self._hide_topology(out, hop)
         via = self._via_for(hop.transport, f"{self._branch(ctx.request, '')}.{n}")
         out.headers.add_first("Via", str(via))
         client_tx = self.endpoint.send_request(out, hop.source(self._via_local))
@@ -362,11 +372,19 @@ class Sbc:
         self.by_client[client_tx] = ctx
 
     def _branch(self, request: Request, extra: str) -> str:
-        """Our branch for a request: stable for retransmissions, so loops can be detected."""
+        """Our branch for a request: stable for retransmissions (same top Via). Its first
+        half hashes only what a loop leaves unchanged (RFC 3261 16.3 step 4), so a request
+        that comes back to us unchanged is recognised; the second half tells transactions
+        apart."""
         top = request.top_via
-        seed = f"{top.branch}|{top.sent_by}|{request.uri_text}|{request.call_id}|{request.cseq}"
-        digest = hashlib.sha1((seed + extra).encode()).hexdigest()[:20]
+        digest = self._loop_key(request) + hashlib.sha1(
+            f"{top.branch}|{top.sent_by}|{extra}".encode()
+        ).hexdigest()[:10]
         return "z9hG4bK" + digest + self._branch_mac(digest)
+
+    def _loop_key(self, request: Request) -> str:
+        seed = f"{request.uri_text}|{request.call_id}|{request.from_.tag}|{request.cseq}"
+        return hashlib.sha1(seed.encode()).hexdigest()[:10]
 
     def _branch_mac(self, digest: str) -> str:
         # Signed, so any worker or instance sharing the key knows a Via as ours (see
@@ -434,6 +452,7 @@ class Sbc:
         if hop is None:
             return
         out = Request("ACK", ack.uri, ack.headers.copy(), ack.body)
+        self._hide_topology(out, hop)
         out.headers.add_first("Via", str(self._via_for(hop.transport, self._branch(ack, "ack"))))
         self.endpoint.send_stateless(out, hop.source(self._via_local))
 

@@ -6,6 +6,8 @@ small admission rate (to see overload control act); the client is tests/interop/
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -185,3 +187,21 @@ def test_prometheus_endpoint_counts_what_happened(stack: Stack) -> None:
     assert values["sbc_sip_requests_total"] >= 100
     latency = [line for line in text.splitlines() if "latency" in line]
     assert any("_bucket" in line for line in latency), latency
+
+
+def test_a_request_that_comes_back_to_us_unchanged_is_a_loop(stack: Stack) -> None:
+    """RFC 3261 16.3 step 4: our own signed Via with this request's loop key: 482."""
+    time.sleep(1.0)  # the overload test above drained the admission bucket
+    ue = SipClient(("127.0.0.1", stack.config.sip_port), str(next(_numbers)))
+    try:
+        assert ue.register(password="secret").status == 200
+        uri = f"sip:{FIRST + 29}@ims.local"
+        seed = f"{uri}|{ue.call_id}|c{ue.port}|{ue.cseq + 1} INVITE"
+        digest = hashlib.sha1(seed.encode()).hexdigest()[:10] + "0123456789"
+        key = stack.config.nonce_secret.encode()
+        mac = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()[:8]
+        ours = f"SIP/2.0/UDP 127.0.0.1:{stack.config.sip_port};branch=z9hG4bK{digest}{mac}.0"
+        looped = ue.request("INVITE", uri, [("Via", ours)], to=uri)
+        assert looped.status == 482
+    finally:
+        ue.close()
