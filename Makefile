@@ -11,14 +11,14 @@ STAMP := $(VENV)/.installed.stamp
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 # Debian packages for real peers in tests: command -> package that provides it.
-DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server kamailio:kamailio baresip:baresip-core
+DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server kamailio:kamailio baresip:baresip-core clang:clang
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help venv deps proto lint test bench demo clean
 
 help:
 	@echo "make venv   create .venv and install volte[dev] editable (generates volte/ from proto/)"
-	@echo "make deps   install the Debian packages tests use: sipp, tshark, redis-server"
+	@echo "make deps   install the Debian packages tests use: sipp, tshark, redis-server, kamailio, baresip"
 	@echo "make proto  regenerate volte/ from proto/ after editing a .proto"
 	@echo "make lint   ruff check and mypy"
 	@echo "make test   venv + deps, lint, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"

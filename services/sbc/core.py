@@ -296,6 +296,8 @@ class Sbc:
                 self._final(ctx, make_response(request, 403, "Not Registered"))
                 return
             self._assert_identity(request, routed.asserted_impu)
+        elif request.headers.get("p-charging-vector") is None:
+            self._add_charging_vector(request)
         ctx.caller_impu = routed.asserted_impu or aor_of(request.from_.uri)
         ctx.caller_imsi = routed.caller_imsi
         targets: list[tuple[URI, Hop]] = []
@@ -340,7 +342,10 @@ class Sbc:
         h.remove("p-asserted-identity")
         if impu:
             h.add_first("P-Asserted-Identity", f"<{impu}>")
-        h.set(
+        self._add_charging_vector(request)
+
+    def _add_charging_vector(self, request: Request) -> None:
+        request.headers.set(
             "P-Charging-Vector",
             f"icid-value={uuid.uuid4().hex};icid-generated-at={self.config.advertised}",
         )

@@ -27,6 +27,7 @@ from services.sip.rejection import rejection_for
 log = logging.getLogger("volte.sip.transport")
 
 Address = tuple[str, int]
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,12 @@ class SipTransport:
             lambda: _UdpProtocol(self), local_addr=(host, port), reuse_port=reuse_port or None
         )
         local: Address = transport.get_extra_info("sockname")[:2]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Bursts of datagrams wait in the kernel rather than being dropped while we are
+            # busy (capped by net.core.rmem_max).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         self._udp[local] = transport
         return local
 

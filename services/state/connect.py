@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 
 RedisClient = Redis | RedisCluster
 
+MAX_CONNECTIONS = 256
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 
 
@@ -76,7 +77,13 @@ def connect(url: str, *, timeout: float = 0.5, client_name: str | None = None) -
         "retry": Retry(NoBackoff(), 0),
     }
     if scheme in ("redis", "rediss", "unix"):
-        return Redis.from_url(url, client_name=client_name, **fail_fast)
+        # Under a burst, wait (up to `timeout`) for a free connection rather than failing at
+        # once with "Too many connections", which the sbc would turn into 503s.
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout, client_name=client_name,
+            **fail_fast,
+        )
+        return Redis.from_pool(pool)
     _, username, password, hosts, path = _split(url)
     if scheme == "redis+cluster":
         return RedisCluster(
