@@ -1,4 +1,4 @@
-"""The whole stack on one machine: redis-server, state, sbc as child processes.
+"""The whole stack on one machine: redis-server, state, media, sbc as child processes.
 
 Used by `volte up` and by the tests that need the real thing. Each service is started with
 flags, then awaited until its gRPC health service says SERVING; what was started is written to
@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REDIS_INSTALL_HINT = "apt-get install redis-server   (or pass --redis redis://host:port/0)"
+DEFAULT_MEDIA_GRPC = "127.0.0.1:50071"
 
 
 class StackError(RuntimeError):
@@ -54,6 +55,14 @@ class StackConfig:
     run_dir: str = field(default_factory=lambda: f"/tmp/volte-{os.getuid()}")
     nonce_secret: str = field(default_factory=lambda: os.urandom(16).hex())
     extra_sbc_args: list[str] = field(default_factory=list)
+    # The media relay: its gRPC address, and the address and port range of its RTP/RTCP
+    # sockets (ports held by others are skipped, so stacks may share the range). The default
+    # gRPC port is a preference: if it is busy (another stack on this machine) start() takes
+    # a free port instead and records it here, hence in stack.json.
+    media_grpc: str = DEFAULT_MEDIA_GRPC
+    media_bind: str = "127.0.0.1"
+    media_port_min: int = 30000
+    media_port_max: int = 39999
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -113,6 +122,8 @@ class Stack:
         grpc_ports = [("state gRPC", c.state_grpc)] + [  # sbc worker i listens on port + i
             ("sbc gRPC", f"{host}:{int(port) + i}") for i in range(max(1, c.sbc_workers))
         ]
+        if c.media_grpc != DEFAULT_MEDIA_GRPC:  # the default gives way; see StackConfig
+            grpc_ports.append(("media gRPC", c.media_grpc))
         for what, address in grpc_ports:
             host, _, port = address.rpartition(":")
             if port_busy(host, int(port), socket.SOCK_STREAM):
@@ -143,6 +154,16 @@ class Stack:
                 grpc=c.state_grpc,
             )
             self._wait_serving("state", c.state_grpc, timeout)
+            media_grpc = self._media_grpc()
+            self._spawn(
+                "media",
+                [sys.executable, "-m", "services.media", "--grpc-listen", media_grpc,
+                 "--bind", c.media_bind, "--port-min", str(c.media_port_min),
+                 "--port-max", str(c.media_port_max)],
+                grpc=media_grpc,
+                address=f"{c.media_bind}:{c.media_port_min}-{c.media_port_max}",
+            )
+            self._wait_serving("media", media_grpc, timeout)
             sbc_args = [
                 sys.executable, "-m", "services.sbc", "--sip-listen", c.sip_host,
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
@@ -157,6 +178,14 @@ class Stack:
             self.stop()
             raise
         self._save()
+
+    def _media_grpc(self) -> str:
+        """The media gRPC address: the configured one, or a free port if the default is busy."""
+        c = self.config
+        host, _, port = c.media_grpc.rpartition(":")
+        if c.media_grpc == DEFAULT_MEDIA_GRPC and port_busy(host, int(port), socket.SOCK_STREAM):
+            c.media_grpc = f"{host}:{free_port()}"
+        return c.media_grpc
 
     def _spawn(self, service: str, argv: list[str], *, grpc: str = "", address: str = "") -> None:
         log_path = self.run_dir / f"{service}.log"
@@ -230,7 +259,7 @@ class Stack:
         return out
 
     def stop(self, timeout: float = 10.0) -> None:
-        # Reverse order: the sbc drains while state and Redis still answer.
+        # Reverse order: the sbc drains while media, state and Redis still answer.
         for p in reversed(self.procs):
             if proc_alive(p):
                 with contextlib.suppress(ProcessLookupError):
