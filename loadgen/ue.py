@@ -13,10 +13,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from loadgen.rtp import RtpStream
 from services.sip.digest import Challenge, answer
 from services.sip.endpoint import SipEndpoint
 from services.sip.headers import Headers
 from services.sip.message import Request, Response, make_response
+from services.sip.sdp import parse_sdp, streams
 from services.sip.transaction import ClientTx, ServerTx, new_branch
 from services.sip.transport import Address, Source
 
@@ -25,6 +27,12 @@ SDP_TEMPLATE = (
     "m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
     "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
 )
+
+
+def sdp_destination(body: bytes) -> Address:
+    """Where the first audio stream of an SDP body wants its RTP."""
+    first = streams(parse_sdp(body))[0]
+    return first.rtp.ip, first.rtp.port
 
 
 class UeError(Exception):
@@ -37,6 +45,10 @@ class CallResult:
     ringing_ms: float | None = None  # INVITE to 180
     answered_ms: float | None = None  # INVITE to 200
     ended: bool = False  # the BYE got its 200
+    rtp_sent: int = 0
+    rtp_received: int = 0
+    remote_media: Address | None = None  # where the answer's SDP said to send RTP
+    rtp_sources: set[Address] = field(default_factory=set)  # where RTP came from
 
 
 @dataclass
@@ -68,6 +80,10 @@ class Ue:
         self._reg_cseq = 0
         self._nc = 0
         self.answer_calls = True
+        self.media = False  # send and count RTP during calls
+        self.answered: dict[str, RtpStream] = {}  # call-id -> RTP of calls we answered
+        self.invites: dict[str, Request] = {}  # call-id -> the INVITE of calls we answered
+        self.bye_reasons: list[str] = []
         self.calls_answered = 0
         self.byes_received = 0
 
@@ -146,7 +162,9 @@ class Ue:
         call_id = os.urandom(10).hex()
         tag = f"c{next(self._tags)}"
         target = f"sip:{number}@{self.domain}"
-        sdp = SDP_TEMPLATE.format(sess=int(time.time()), ip=self.local[0], port=40000)
+        rtp = RtpStream()
+        rtp_port = (await rtp.open(self.local[0]))[1] if self.media else 40000
+        sdp = SDP_TEMPLATE.format(sess=int(time.time()), ip=self.local[0], port=rtp_port)
         invite = self._request("INVITE", target, to=f"<{target}>", call_id=call_id, cseq=1,
                                from_tag=tag, body=sdp.encode())
         started = time.monotonic()
@@ -174,6 +192,7 @@ class Ue:
             self._provisional.pop(tx, None)
         result.status = final.status
         if final.status >= 300 or final.status < 200:
+            rtp.stop()
             return result
         result.answered_ms = (time.monotonic() - started) * 1000
         dialog = _Dialog(
@@ -182,7 +201,13 @@ class Ue:
             route=list(reversed(final.headers.values("record-route"))),
         )
         self._ack(dialog)
+        if self.media:
+            result.remote_media = sdp_destination(final.body)
+            rtp.start(result.remote_media, hold)
         await asyncio.sleep(hold)
+        rtp.stop()
+        result.rtp_sent, result.rtp_received = rtp.sent, rtp.received
+        result.rtp_sources = rtp.sources
         dialog.cseq += 1
         bye = self._in_dialog("BYE", dialog)
         result.ended = (await self._send(bye)).status == 200
@@ -203,25 +228,44 @@ class Ue:
     def on_request(self, request: Request, tx: ServerTx | None, source: Source) -> None:
         if tx is None:
             return  # the ACK of a call we answered
-        if request.method == "INVITE" and self.answer_calls:
-            tag = f"a{next(self._tags)}"
-            rr = [("Record-Route", v) for v in request.headers.get_all("record-route")]
-            contact = [("Contact", f"<sip:{self.number}@{self.local[0]}:{self.local[1]}>")]
-            self.endpoint.reply(tx, 180, to_tag=tag, extra=[*rr, *contact])
-            sdp = SDP_TEMPLATE.format(sess=int(time.time()), ip=self.local[0], port=40002)
-            self.endpoint.respond(tx, make_response(request, 200, to_tag=tag, extra=[*rr, *contact],
-                                                    body=sdp.encode(),
-                                                    content_type="application/sdp"))
-            self.calls_answered += 1
+        if request.method == "INVITE" and self.answer_calls and request.to.tag is None:
+            asyncio.get_running_loop().create_task(self._answer(request, tx))
+        elif request.method == "INVITE" and request.to.tag is not None:
+            self.endpoint.reply(tx, 200, extra=[("Contact", self._contact())])
         elif request.method == "INVITE":
             self.endpoint.reply(tx, 486, to_tag=f"b{next(self._tags)}")
         elif request.method == "BYE":
             self.byes_received += 1
+            self.bye_reasons.append(request.headers.get("reason") or "")
+            rtp = self.answered.get(request.call_id)
+            if rtp is not None:
+                rtp.stop()
             self.endpoint.reply(tx, 200)
         elif request.method in ("CANCEL", "OPTIONS"):
             self.endpoint.reply(tx, 200)
         else:
             self.endpoint.reply(tx, 405)
+
+    def _contact(self) -> str:
+        return f"<sip:{self.number}@{self.local[0]}:{self.local[1]}>"
+
+    async def _answer(self, request: Request, tx: ServerTx) -> None:
+        """180, then 200 with our SDP; with media on, RTP to what the offer names."""
+        tag = f"a{next(self._tags)}"
+        self.invites[request.call_id] = request
+        rr = [("Record-Route", v) for v in request.headers.get_all("record-route")]
+        contact = [("Contact", self._contact())]
+        self.endpoint.reply(tx, 180, to_tag=tag, extra=[*rr, *contact])
+        rtp = RtpStream()
+        port = (await rtp.open(self.local[0]))[1] if self.media else 40002
+        sdp = SDP_TEMPLATE.format(sess=int(time.time()), ip=self.local[0], port=port)
+        self.endpoint.respond(tx, make_response(request, 200, to_tag=tag, extra=[*rr, *contact],
+                                                body=sdp.encode(),
+                                                content_type="application/sdp"))
+        self.calls_answered += 1
+        if self.media:
+            self.answered[request.call_id] = rtp
+            rtp.start(sdp_destination(request.body), 30.0)  # until the BYE stops it
 
     def on_response(self, response: Response, tx: ClientTx | None, source: Source) -> None:
         if tx is None:

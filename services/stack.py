@@ -63,6 +63,7 @@ class StackConfig:
     media_bind: str = "127.0.0.1"
     media_port_min: int = 30000
     media_port_max: int = 39999
+    media_timeout: float = 30.0  # seconds without RTP before the relay reports the call dead
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -159,7 +160,7 @@ class Stack:
                 "media",
                 [sys.executable, "-m", "services.media", "--grpc-listen", media_grpc,
                  "--bind", c.media_bind, "--port-min", str(c.media_port_min),
-                 "--port-max", str(c.media_port_max)],
+                 "--port-max", str(c.media_port_max), "--timeout", str(c.media_timeout)],
                 grpc=media_grpc,
                 address=f"{c.media_bind}:{c.media_port_min}-{c.media_port_max}",
             )
@@ -168,7 +169,7 @@ class Stack:
                 sys.executable, "-m", "services.sbc", "--sip-listen", c.sip_host,
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
                 "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers),
-                "--nonce-secret", c.nonce_secret, *c.extra_sbc_args,
+                "--nonce-secret", c.nonce_secret, "--media", media_grpc, *c.extra_sbc_args,
             ]
             if c.next_hop:
                 sbc_args += ["--next-hop", c.next_hop]

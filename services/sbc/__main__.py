@@ -26,6 +26,7 @@ from services.common.health import add_health
 from services.common.telemetry import setup_logging, setup_telemetry
 from services.sbc.config import SbcConfig
 from services.sbc.core import Sbc
+from services.sbc.media_client import MediaClient
 from services.sbc.state_client import StateClient
 from services.sip.transport import install_event_loop_policy
 from volte.v1 import sbc_admin_pb2, sbc_admin_pb2_grpc
@@ -75,10 +76,10 @@ async def _state_serving(state: StateClient) -> bool:
 
 
 async def serve(config: SbcConfig) -> int:
-    install_event_loop_policy()
     telemetry = setup_telemetry("sbc", metrics_port=config.metrics_port)
     state = StateClient(config.state, config.state_timeout)
-    sbc = Sbc(config, state)
+    media = MediaClient(config.media, config.media_timeout) if config.media else None
+    sbc = Sbc(config, state, media)
     try:
         await sbc.start()
     except OSError as exc:
@@ -124,6 +125,8 @@ async def serve(config: SbcConfig) -> int:
     await server.stop(grace=1.0)
     await sbc.stop()
     await state.close()
+    if media is not None:
+        await media.close()
     telemetry.shutdown()
     return 0
 
@@ -166,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("sbc", config.log_level)
     if config.workers > 1 and "VOLTE_WORKER_INDEX" not in os.environ:
         return supervise(config, args)
+    # Before asyncio.run: a policy set once the loop runs (as serve() used to) has no effect
+    # on that loop, and the sbc ran on the pure-Python selector loop.
+    install_event_loop_policy()
     return asyncio.run(serve(config))
 
 

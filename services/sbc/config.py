@@ -23,6 +23,10 @@ class SbcConfig:
     domain: str = option("ims.local", "home domain: users @domain are registered here")
     state: str = option("127.0.0.1:50051", "state service gRPC address host:port")
     state_timeout: float = option(1.0, "seconds before a state RPC counts as failed (then 503)")
+    media: str = option(
+        "", "media relay gRPC address host:port: anchor every call's RTP there (empty: no)"
+    )
+    media_timeout: float = option(1.0, "seconds before a media RPC counts as failed (then 503)")
     grpc_listen: str = option("127.0.0.1:50061", "gRPC admin + health address (port 0: any)")
     metrics_port: int = option(0, "Prometheus endpoint port (0: off)")
     next_hop: str = option("", "host:port of the S-CSCF for other domains (empty: 404)")

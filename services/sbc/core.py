@@ -23,18 +23,19 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from services.sbc.config import SbcConfig
-from services.sbc.flowtoken import Hop, read_route_params, record_route_params
+from services.sbc.flowtoken import FlowToken, Hop, read_route_params, record_route_params
+from services.sbc.media_client import ANSWER, CALLEE, CALLER, OFFER, MediaClient, MediaUnavailable
 from services.sbc.overload import OverloadControl
 from services.sbc.registrar import Registrar
 from services.sbc.state_client import StateClient, StateError, StateUnavailable, transport_enum
 from services.sip.endpoint import SipEndpoint
 from services.sip.errors import ParseError
-from services.sip.headers import Headers, Via, parse_name_addr
+from services.sip.headers import Headers, NameAddr, Via, parse_name_addr
 from services.sip.message import Request, Response, make_response
-from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx
+from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx, new_branch
 from services.sip.transport import Source, response_destination
 from services.sip.uri import URI, parse_uri
-from volte.v1 import common_pb2, state_pb2
+from volte.v1 import common_pb2, media_pb2, state_pb2
 
 log = logging.getLogger("volte.sbc")
 tracer = trace.get_tracer("volte.sbc")
@@ -76,8 +77,29 @@ class ProxyContext:
     decided: bool = False  # a 2xx or 6xx came: every other branch is to be cancelled
     caller_impu: str = ""
     callee_impu: str = ""
+    media: str = ""  # media relay session anchoring this call, "" if none
+    offer_leg: media_pb2.Leg = CALLER  # who sent the SDP offer of this transaction
+    initial: bool = True  # a dialog-creating request, not one inside a dialog
+    token: FlowToken | None = None  # for in-dialog requests: what our Route said
+
+    def was_cancelled(self) -> bool:
+        """Read anew after an await (a CANCEL may have come meanwhile)."""
+        return self.cancelled
     caller_imsi: str = ""
     callee_imsi: str = ""
+
+
+@dataclass
+class CallInfo:
+    """What an answered, anchored call needs for the sbc to end it itself (media timeout)."""
+
+    call_id: str
+    caller_from: str  # From of the INVITE, with the caller's tag
+    callee_to: str  # To of the 2xx, with the callee's tag
+    caller_contact: str
+    callee_contact: str
+    caller: Hop
+    callee: Hop
 
 
 class SbcMetrics:
@@ -96,9 +118,13 @@ class SbcMetrics:
 class Sbc:
     """The transaction user: one instance per worker process."""
 
-    def __init__(self, config: SbcConfig, state: StateClient) -> None:
+    def __init__(
+        self, config: SbcConfig, state: StateClient, media: MediaClient | None = None
+    ) -> None:
         self.config = config
         self.state = state
+        self.media = media
+        self.calls: dict[str, CallInfo] = {}  # by media session id
         self.endpoint = SipEndpoint(self)
         self.key = (config.nonce_secret or os.urandom(32).hex()).encode()
         self.overload = OverloadControl(
@@ -127,6 +153,8 @@ class Sbc:
         )
         self.port = bound[1]
         self.via_port = self.port
+        if self.media is not None:
+            self._spawn(self._watch_media())
         if self.config.workers > 1:
             own = await self.endpoint.transport.listen_udp(self.config.sip_listen, 0)
             self.via_port = own[1]
@@ -182,6 +210,9 @@ class Sbc:
             except StateError:
                 log.exception("state store refused a call")
                 self._reply(tx, 500)
+            except MediaUnavailable as exc:
+                log.warning("media relay unavailable", extra={"error": str(exc)})
+                self._reply(tx, 503, "Media Relay Unavailable", extra=[("Retry-After", "2")])
             finally:
                 elapsed = time.monotonic() - started
                 if request.method in ("INVITE", "REGISTER"):
@@ -319,8 +350,20 @@ class Sbc:
         else:
             self._final(ctx, make_response(request, 404, "No Route To Domain"))
             return
+        if request.method == "INVITE" and self._has_sdp(request) and self.media is not None:
+            ctx.media = await self.media.create(request.call_id, request.from_.tag or "")
+            anchored = await self.media.anchor(ctx.media, request.body, OFFER, CALLER)
+            request.set_body(anchored)
+            if ctx.was_cancelled():  # while we waited for the relay (_final frees the ports)
+                self._final(ctx, make_response(request, 487))
+                return
         for n, (uri, hop) in enumerate(targets):
             self._fork(ctx, uri, hop, n, record_route=request.method in DIALOG_METHODS)
+
+    @staticmethod
+    def _has_sdp(message: Request | Response) -> bool:
+        ctype = (message.headers.get("content-type") or "").lower()
+        return bool(message.body) and ctype.startswith("application/sdp")
 
     def _reach(self, binding: state_pb2.Binding, contact: URI) -> Hop:
         """Where a UE is reached: the address its REGISTER came from (NAT), over its flow.
@@ -355,7 +398,7 @@ class Sbc:
         mf = ctx.request.max_forwards
         out.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
         if record_route:
-            params = record_route_params(self.key, Hop.of(ctx.source))
+            params = record_route_params(self.key, Hop.of(ctx.source), media=ctx.media)
             out.headers.add_first("Record-Route", f"<{self._own_uri(hop.transport)}{params}>")
         self._send_branch(ctx, out, hop, n)
 
@@ -413,9 +456,11 @@ class Sbc:
         return f"sip:{host}:{self.port}{suffix};lr"
 
     # -- in dialog: the Route says where --------------------------------------------------------
-    def _next_hop_in_dialog(self, request: Request, source: Source) -> Hop | None:
+    def _next_hop_in_dialog(
+        self, request: Request, source: Source
+    ) -> tuple[Hop | None, FlowToken | None]:
         """Pop our Route entries, then follow the next Route, or our flow token."""
-        token: tuple[Hop, Hop | None] | None = None
+        token: FlowToken | None = None
         while True:
             first = request.headers.first_value("route")
             if first is None:
@@ -425,25 +470,32 @@ class Sbc:
                 host = route.uri.host.strip("[]")
                 port = route.uri.port or 5060
                 transport = (route.uri.param("transport") or "udp").upper()
-                return Hop("TCP" if transport == "TCP" else "UDP", (host, port))
+                return Hop("TCP" if transport == "TCP" else "UDP", (host, port)), token
             request.headers.pop_first_value("route")
             token = read_route_params(self.key, dict(route.uri.params)) or token
         if token is not None:
-            caller, callee = token
-            if source.remote == caller.address:
-                return callee
-            return caller
-        return None
+            if source.remote == token.caller.address:
+                return token.callee, token
+            return token.caller, token
+        return None, None
 
     async def _in_dialog(
         self, request: Request, tx: ServerTx, source: Source, started: float
     ) -> None:
-        hop = self._next_hop_in_dialog(request, source)
+        hop, token = self._next_hop_in_dialog(request, source)
         if hop is None:
             self._reply(tx, 481 if request.to.tag else 404)
             return
-        ctx = ProxyContext(tx, request, source, started)
+        ctx = ProxyContext(tx, request, source, started, initial=False, token=token)
         self.by_server[tx] = ctx
+        if token is not None and token.media and self.media is not None:
+            ctx.media = token.media
+            ctx.offer_leg = CALLER if source.remote == token.caller.address else CALLEE
+            if request.method in ("INVITE", "UPDATE") and self._has_sdp(request):
+                # re-INVITE / UPDATE: hold, resume, codec change: the relay follows.
+                request.set_body(
+                    await self.media.anchor(ctx.media, request.body, OFFER, ctx.offer_leg)
+                )
         out = Request(request.method, request.uri, request.headers.copy(), request.body)
         mf = request.max_forwards
         out.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
@@ -451,7 +503,7 @@ class Sbc:
 
     async def _forward_ack(self, ack: Request, source: Source) -> None:
         try:
-            hop = self._next_hop_in_dialog(ack, source)
+            hop, _ = self._next_hop_in_dialog(ack, source)
         except ParseError:
             return
         if hop is None:
@@ -475,7 +527,10 @@ class Sbc:
         if status < 200:
             branch.provisional = True
             if status != 100 and not ctx.final_sent and not ctx.decided:
-                self._relay(ctx, response, tx)
+                if ctx.media and self._has_sdp(response):
+                    self._spawn(self._relay_anchored(ctx, response, tx))
+                else:
+                    self._relay(ctx, response, tx)
             if ctx.cancelled or ctx.decided:
                 # RFC 3261 section 16.10: a branch is cancelled once it has rung.
                 self._send_cancel(branch)
@@ -483,8 +538,10 @@ class Sbc:
         first_final = branch.final is None
         branch.final = response
         if status < 300:
-            if ctx.request.method == "INVITE":
+            if ctx.request.method == "INVITE" and ctx.initial:
                 self._spawn(self._answered(ctx, tx, response))
+            elif ctx.media and self._has_sdp(response):
+                self._spawn(self._final_anchored(ctx, response))
             else:
                 self._final(ctx, response)
             self._cancel_others(ctx, tx)
@@ -522,6 +579,25 @@ class Sbc:
         """A 2xx to INVITE: record the dialog (for clean-up and failover), then relay it."""
         branch = ctx.branches[tx]
         request = ctx.request
+        if ctx.media and self.media is not None:
+            if self._has_sdp(response):
+                try:
+                    response.body = await self.media.anchor(
+                        ctx.media, response.body, ANSWER, CALLEE
+                    )
+                    response.headers.set("Content-Length", str(len(response.body)))
+                except (MediaUnavailable, ParseError) as exc:
+                    log.warning("answer not anchored", extra={"error": str(exc)})
+            contacts = response.contacts or []
+            self.calls[ctx.media] = CallInfo(
+                call_id=request.call_id,
+                caller_from=request.headers.get("from") or "",
+                callee_to=response.headers.get("to") or "",
+                caller_contact=str((request.contacts or [NameAddr(request.from_.uri)])[0].uri),
+                callee_contact=str(contacts[0].uri) if contacts else str(request.uri),
+                caller=Hop.of(ctx.source),
+                callee=branch.target,
+            )
         dialog = state_pb2.Dialog(
             id=common_pb2.DialogId(
                 call_id=request.call_id,
@@ -540,6 +616,7 @@ class Sbc:
             caller_imsi=ctx.caller_imsi,
             callee_imsi=ctx.callee_imsi,
             sbc_instance=self.config.instance,
+            media_session_id=ctx.media,
         )
         try:
             await self.state.put_dialog(state_pb2.PutDialogRequest(dialog=dialog))
@@ -559,7 +636,7 @@ class Sbc:
             rr = parse_name_addr(value)
             if self._our_uri(rr.uri) and read_route_params(self.key, dict(rr.uri.params)):
                 caller = Hop.of(ctx.source)
-                params = record_route_params(self.key, caller, callee)
+                params = record_route_params(self.key, caller, callee, ctx.media)
                 values[i] = f"<{self._own_uri(callee.transport)}{params}>"
                 response.headers.set("Record-Route", ", ".join(values))
                 return
@@ -581,7 +658,9 @@ class Sbc:
             time.monotonic() - ctx.started, {"method": ctx.request.method}
         )
         if ctx.request.method == "BYE" and response.status < 300:
-            self._spawn(self._dialog_ended(ctx.request))
+            self._spawn(self._dialog_ended(ctx.request, ctx.media))
+        elif ctx.initial and ctx.request.method == "INVITE" and response.status >= 300:
+            self._release_media_later(ctx)
         if all(b.final is not None for b in ctx.branches.values()):
             self._forget(ctx)
 
@@ -590,8 +669,10 @@ class Sbc:
         for tx in ctx.branches:
             self.by_client.pop(tx, None)
 
-    async def _dialog_ended(self, bye: Request) -> None:
+    async def _dialog_ended(self, bye: Request, media: str = "") -> None:
         self.metrics.active_calls.add(-1)
+        if media:
+            await self._release_media(media)
         dialog_id = common_pb2.DialogId(
             call_id=bye.call_id, from_tag=bye.from_.tag or "", to_tag=bye.to.tag or ""
         )
@@ -599,6 +680,88 @@ class Sbc:
             await self.state.delete_dialog(state_pb2.DeleteDialogRequest(id=dialog_id))
         except (StateUnavailable, StateError, LookupError) as exc:
             log.info("dialog not deleted", extra={"error": str(exc), "call_id": bye.call_id})
+
+    async def _relay_anchored(self, ctx: ProxyContext, response: Response, tx: ClientTx) -> None:
+        """An early answer (183 with SDP): anchored like the final one, then relayed."""
+        assert self.media is not None
+        try:
+            response.set_body(await self.media.anchor(ctx.media, response.body, ANSWER, CALLEE))
+        except (MediaUnavailable, ParseError) as exc:
+            log.warning("early answer not anchored", extra={"error": str(exc)})
+        if not ctx.final_sent:
+            self._relay(ctx, response, tx)
+
+    async def _final_anchored(self, ctx: ProxyContext, response: Response) -> None:
+        """The answer to a re-INVITE / UPDATE offer, from the other leg."""
+        assert self.media is not None
+        answering = CALLEE if ctx.offer_leg == CALLER else CALLER
+        try:
+            response.set_body(await self.media.anchor(ctx.media, response.body, ANSWER, answering))
+        except (MediaUnavailable, ParseError) as exc:
+            log.warning("answer not anchored", extra={"error": str(exc)})
+        self._final(ctx, response)
+
+    def _release_media_later(self, ctx: ProxyContext) -> None:
+        if ctx.media:
+            self._spawn(self._release_media(ctx.media))
+
+    async def _release_media(self, session: str) -> None:
+        self.calls.pop(session, None)
+        if self.media is None:
+            return
+        try:
+            await self.media.delete(session)
+        except MediaUnavailable as exc:  # it times the session out by itself
+            log.info("media session not deleted", extra={"error": str(exc), "session": session})
+
+    async def _watch_media(self) -> None:
+        """End calls whose media stopped: BYE to both sides with a Reason (RFC 3326)."""
+        assert self.media is not None
+        while True:
+            try:
+                async for event in self.media.events():
+                    if event.kind == media_pb2.MediaEvent.KIND_MEDIA_TIMEOUT:
+                        self._end_call(event.session_id, "RTP timeout")
+            except MediaUnavailable as exc:
+                log.info("media events interrupted", extra={"error": str(exc)})
+            except Exception:  # the stream broke: reconnect after a pause
+                log.info("media events interrupted", exc_info=True)
+            await asyncio.sleep(1.0)
+
+    def _end_call(self, session: str, text: str) -> None:
+        call = self.calls.pop(session, None)
+        if call is None:
+            return  # another instance's call, or already over
+        reason = ("Reason", f'SIP;cause=408;text="{text}"')
+        self._send_bye(call.callee_contact, call.caller_from, call.callee_to, call, call.callee,
+                       reason)
+        self._send_bye(call.caller_contact, call.callee_to, call.caller_from, call, call.caller,
+                       reason)
+        log.info("call ended for media inactivity", extra={"call_id": call.call_id})
+        self._spawn(self._release_media(session))
+        self.metrics.active_calls.add(-1)
+        dialog_id = common_pb2.DialogId(call_id=call.call_id)
+        self._spawn(self._forget_dialog(dialog_id, call))
+
+    async def _forget_dialog(self, dialog_id: common_pb2.DialogId, call: CallInfo) -> None:
+        dialog_id.from_tag = parse_name_addr(call.caller_from).tag or ""
+        dialog_id.to_tag = parse_name_addr(call.callee_to).tag or ""
+        try:
+            await self.state.delete_dialog(state_pb2.DeleteDialogRequest(id=dialog_id))
+        except (StateUnavailable, StateError, LookupError) as exc:
+            log.info("dialog not deleted", extra={"error": str(exc), "call_id": call.call_id})
+
+    def _send_bye(
+        self, target: str, from_: str, to: str, call: CallInfo, hop: Hop,
+        reason: tuple[str, str],
+    ) -> None:
+        # CSeq: above anything the UE's peer can have used in this dialog so far.
+        bye = Request("BYE", target, Headers.of([
+            ("Max-Forwards", "70"), ("From", from_), ("To", to), ("Call-ID", call.call_id),
+            ("CSeq", "999999 BYE"), reason, ("Content-Length", "0"),
+        ]))
+        bye.headers.add_first("Via", str(self._via_for(hop.transport, new_branch())))
+        self.endpoint.send_request(bye, hop.source(self._via_local))
 
     def _forward_stray(self, response: Response) -> None:
         """A response no transaction of ours awaits: a 2xx retransmission after the INVITE

@@ -45,27 +45,46 @@ class Hop:
         return Source(self.transport, self.address, local if self.transport == "UDP" else ("", 0))
 
 
-def _mac(key: bytes, caller: str, callee: str) -> str:
-    return hmac.new(key, f"{caller};{callee}".encode(), hashlib.sha256).hexdigest()[:16]
+@dataclass(frozen=True)
+class FlowToken:
+    """What our Record-Route remembers of a dialog: both sides' flows and its media session."""
+
+    caller: Hop
+    callee: Hop | None = None
+    media: str = ""  # media relay session id, "" when the call is not anchored
 
 
-def record_route_params(key: bytes, caller: Hop, callee: Hop | None = None) -> str:
-    """The `;c=...;e=...;s=...` parameters of our Record-Route URI."""
+def _mac(key: bytes, *parts: str) -> str:
+    return hmac.new(key, ";".join(parts).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+_MEDIA_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def record_route_params(
+    key: bytes, caller: Hop, callee: Hop | None = None, media: str = ""
+) -> str:
+    """The `;c=...;e=...;m=...;s=...` parameters of our Record-Route URI."""
+    if not set(media) <= _MEDIA_ID_CHARS:
+        raise ValueError(f"media session id {media!r} does not fit in a URI parameter")
     c = caller.encode()
     e = callee.encode() if callee else ""
     out = f";c={c}"
     if e:
         out += f";e={e}"
-    return out + f";s={_mac(key, c, e)}"
+    if media:
+        out += f";m={media}"
+    return out + f";s={_mac(key, c, e, media)}"
 
 
-def read_route_params(key: bytes, params: dict[str, str | None]) -> tuple[Hop, Hop | None] | None:
-    """The caller and callee hops from our Route URI's parameters; None when absent or forged."""
+def read_route_params(key: bytes, params: dict[str, str | None]) -> FlowToken | None:
+    """The token in our Route URI's parameters; None when absent or forged."""
     c, e, s = params.get("c") or "", params.get("e") or "", params.get("s") or ""
-    if not c or not hmac.compare_digest(s, _mac(key, c, e)):
+    media = params.get("m") or ""
+    if not c or not hmac.compare_digest(s, _mac(key, c, e, media)):
         return None
     caller = Hop.decode(c)
     callee = Hop.decode(e) if e else None
     if caller is None or (e and callee is None):
         return None
-    return caller, callee
+    return FlowToken(caller, callee, media)

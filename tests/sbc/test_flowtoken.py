@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.sbc.flowtoken import Hop, read_route_params, record_route_params
+from services.sbc.flowtoken import FlowToken, Hop, read_route_params, record_route_params
 from services.sip.uri import parse_uri
 
 KEY = b"k" * 32
@@ -15,9 +15,11 @@ def params_of(text: str) -> dict[str, str | None]:
 def test_round_trip_with_ipv6_and_tcp() -> None:
     caller = Hop("UDP", ("192.0.2.10", 40000))
     callee = Hop("TCP", ("2001:db8::7", 5061))
-    got = read_route_params(KEY, params_of(record_route_params(KEY, caller, callee)))
-    assert got == (caller, callee)
-    assert read_route_params(KEY, params_of(record_route_params(KEY, caller))) == (caller, None)
+    got = read_route_params(KEY, params_of(record_route_params(KEY, caller, callee, "ms-1")))
+    assert got == FlowToken(caller, callee, "ms-1")
+    assert read_route_params(KEY, params_of(record_route_params(KEY, caller))) == FlowToken(
+        caller
+    )
 
 
 def test_forged_or_foreign_tokens_are_refused() -> None:
@@ -28,4 +30,6 @@ def test_forged_or_foreign_tokens_are_refused() -> None:
     forged = text.replace(caller.encode(), evil)
     assert read_route_params(KEY, params_of(forged)) is None
     assert read_route_params(KEY, params_of("")) is None
+    anchored = record_route_params(KEY, caller, media="ms-1")
+    assert read_route_params(KEY, params_of(anchored.replace("ms-1", "ms-2"))) is None
     assert Hop.decode("!!!") is None
