@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed.stamp
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
 # Debian packages for real peers in tests: command -> package that provides it.
-DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server kamailio:kamailio baresip:baresip-core clang:clang linux.uml:user-mode-linux tc:iproute2 /usr/lib/usrsctp/echo_server:libusrsctp-examples
+DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server kamailio:kamailio baresip:baresip-core clang:clang linux.uml:user-mode-linux tc:iproute2 /usr/lib/usrsctp/echo_server:libusrsctp-examples nft:nftables
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help venv deps proto lint test bench demo clean

@@ -3,6 +3,11 @@
 Enough RTP to prove media flows both ways through the relay ("no audio" is the complaint
 labs have most): a sender with increasing sequence numbers and timestamps, and a receiver
 that counts packets and remembers where they came from.
+
+A call on hold pauses the sender (`pause()` / `resume()`): no packets meanwhile, then the
+sequence numbers go on from where they stopped (no gap, so the relay counts no loss) while the
+timestamp jumps by the time spent on hold, as a real handset's does. A re-INVITE that moves
+the other side's address moves the sender too (`destination`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class RtpStream:
     _transport: asyncio.DatagramTransport | None = None
     _sending: asyncio.Task[None] | None = None
     local: Address = ("", 0)
+    destination: Address | None = None  # where RTP goes (what the other side's SDP names)
+    paused: bool = False  # on hold: nothing is sent
 
     async def open(self, host: str) -> Address:
         loop = asyncio.get_running_loop()
@@ -46,16 +53,27 @@ class RtpStream:
 
     def start(self, destination: Address, seconds: float) -> None:
         """Send to `destination` at 50 packets/s for `seconds` (bounded), in the background."""
-        self._sending = asyncio.get_running_loop().create_task(self._send(destination, seconds))
+        self.destination = destination
+        self._sending = asyncio.get_running_loop().create_task(self._send(seconds))
 
-    async def _send(self, destination: Address, seconds: float) -> None:
+    def pause(self) -> None:
+        """Stop sending until `resume()` (the call is on hold); receiving goes on."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    async def _send(self, seconds: float) -> None:
         assert self._transport is not None
         ssrc = int.from_bytes(os.urandom(4), "big")
-        count = max(1, int(seconds / PACKET_INTERVAL))
-        for seq in range(count):
-            header = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, ssrc)
-            self._transport.sendto(header + PAYLOAD, destination)
-            self.sent += 1
+        seq = 0
+        for tick in range(max(1, int(seconds / PACKET_INTERVAL))):
+            if not self.paused and self.destination is not None:
+                header = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, (tick * 160) & 0xFFFFFFFF,
+                                     ssrc)
+                self._transport.sendto(header + PAYLOAD, self.destination)
+                self.sent += 1
+                seq += 1
             await asyncio.sleep(PACKET_INTERVAL)
 
     def stop(self) -> None:

@@ -1,6 +1,6 @@
 """The `volte` command: runs and inspects the whole stack on one machine.
 
-    volte up [--detach] [--provision N]    redis-server, state and sbc; endpoints printed
+    volte up [--detach] [--provision N]    redis-server, state, media and sbc; endpoints printed
     volte status [--json]                  one row per process (sbc workers included)
     volte down                             stops what `volte up` started
     volte subscribers provision|add|list|delete
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -44,6 +45,7 @@ C = TypeVar("C", bound="DataclassInstance")
 DEFAULT_RUN_DIR = f"/tmp/volte-{os.getuid()}"
 FIRST_NUMBER = 100000
 OWNER_FILE = "volte-up.pid"
+MEDIA_FASTPATHS = ("userspace", "xdp")  # as services.media.fastpath.KINDS
 EXIT_NOT_RUNNING = 3  # as LSB init scripts' `status`: 1 = dead with a pid file, 3 = not running
 
 
@@ -104,6 +106,26 @@ def _redis_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+def _ip_or_empty(text: str) -> str:
+    return _ip(text) if text.strip() else ""
+
+
+def _fastpath(text: str) -> str:
+    value = text.strip().lower()
+    if value not in MEDIA_FASTPATHS:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(MEDIA_FASTPATHS)}: {text!r}"
+        )
+    return value
+
+
 def _nonempty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
@@ -138,6 +160,27 @@ class UpOptions:
     workers: int = option(1, "sbc worker processes sharing the SIP port", parse=_positive)
     next_hop: str = option(
         "", "host:port of the S-CSCF for other domains (empty: 404)", parse=_host_port_or_empty
+    )
+    media_bind: str = option(
+        "127.0.0.1", "address the media relay's RTP/RTCP sockets bind to", parse=_ip
+    )
+    media_advertised: str = option(
+        "", "address the sbc writes into SDP for the relay (empty: --media-bind)",
+        parse=_ip_or_empty,
+    )
+    media_port_min: int = option(
+        30000, "lowest relay port (RTP on even ports, RTCP on RTP + 1)", parse=_port
+    )
+    media_port_max: int = option(39999, "highest relay port", parse=_port)
+    media_fastpath: str = option(
+        "userspace",
+        "media relay data path: userspace (asyncio datagram relay), or xdp (latched flows "
+        "forwarded in the kernel by an XDP program on --media-interface; needs root, and falls "
+        "back to userspace, saying so in the media log, when XDP cannot attach)",
+        parse=_fastpath,
+    )
+    media_interface: str = option(
+        "", "network interface for --media-fastpath xdp (empty: the one holding --media-bind)"
     )
     run_dir: str = option(DEFAULT_RUN_DIR, RUN_DIR_HELP)
     detach: bool = option(False, "return once everything is SERVING (stop with `volte down`)")
@@ -263,10 +306,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"run `volte down{_run_dir_flag(opts.run_dir)}` first, or pick another --run-dir"
             )
         existing.stop()  # stale: every process it names has exited; removes stack.json
+    if opts.media_port_max - opts.media_port_min < 1:
+        raise CliError(f"--media-port-min {opts.media_port_min} / --media-port-max "
+                       f"{opts.media_port_max}: the range needs at least two ports")
     config = StackConfig(
         sip_host=opts.sip_host, sip_port=opts.sip_port, domain=opts.domain, redis=opts.redis,
         redis_port=opts.redis_port, state_grpc=opts.state_grpc, sbc_grpc=opts.sbc_grpc,
         sbc_workers=opts.workers, next_hop=opts.next_hop, run_dir=opts.run_dir,
+        media_bind=opts.media_bind, media_advertised=opts.media_advertised,
+        media_port_min=opts.media_port_min, media_port_max=opts.media_port_max,
+        media_fastpath=opts.media_fastpath, media_interface=opts.media_interface,
     )
     stack = Stack(config)
     # SIGTERM and SIGHUP stop us as Ctrl-C does (SIGINT too when started with it ignored, as
@@ -275,7 +324,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
     stack.preflight()  # busy ports, no redis-server: one line, before anything is said or run
-    started = "redis-server, state and sbc" if not opts.redis else "state and sbc"
+    started = "redis-server, state, media and sbc" if not opts.redis else "state, media and sbc"
     print(f"volte: starting {started} (logs in {run_dir}) ...", file=sys.stderr, flush=True)
     try:
         stack.start(timeout=opts.start_timeout)  # on any failure it stops what it started
@@ -331,6 +380,7 @@ def _print_endpoints(stack: Stack, opts: UpOptions) -> None:
         ["domain", c.domain],
         ["state gRPC", f"{c.state_grpc} (volte.v1.StateStore)"],
         ["sbc gRPC", sbc_grpc],
+        ["media", _media_row(stack)],
         ["Redis", redis],
     ]
     if c.next_hop:
@@ -350,6 +400,39 @@ def _print_endpoints(stack: Stack, opts: UpOptions) -> None:
         print(f"Stop it with: {down}", flush=True)
     else:
         print(f"Stop it with Ctrl-C (or `{down}` from another shell)", flush=True)
+
+
+def _media_row(stack: Stack) -> str:
+    c = stack.config
+    path = c.media_fastpath
+    if path == "xdp":
+        path += f" on {c.media_interface or 'the interface of ' + c.media_bind}"
+        in_use, why = _fastpath_in_use(stack)
+        if in_use == "userspace":
+            path = f"userspace (xdp refused: {why})" if why else "userspace (xdp refused)"
+    return (f"{c.media_advertised or c.media_bind} ports {c.media_port_min}-{c.media_port_max}, "
+            f"fast path {path}; gRPC {c.media_grpc} (volte.v1.MediaControl)")
+
+
+def _fastpath_in_use(stack: Stack) -> tuple[str, str]:
+    """What the relay's start-up log says: the fast path it runs, and why XDP was refused."""
+    media = next((p for p in stack.procs if p.service == "media"), None)
+    in_use, why = "", ""
+    try:
+        lines = Path(media.log).read_text(errors="replace").splitlines() if media else []
+    except OSError:
+        return in_use, why
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        message = str(entry.get("message", ""))
+        if message.startswith("XDP fast path unavailable: "):
+            why = message.removeprefix("XDP fast path unavailable: ").split("; relaying")[0]
+        elif message.startswith("media service listening"):
+            in_use = str(entry.get("fastpath", ""))
+    return in_use, why
 
 
 def _foreground(stack: Stack) -> int:
@@ -543,8 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     _command(commands, "up", cmd_up, UpOptions,
-             "start redis-server, state and sbc; stay in the foreground until Ctrl-C "
-             "(or --detach)")
+             "start redis-server, state, the media relay and sbc; stay in the foreground until "
+             "Ctrl-C (or --detach). The relay runs in userspace on loopback by default; "
+             "--media-fastpath xdp --media-interface IF (with --media-bind an address on IF) "
+             "forwards latched RTP in the kernel")
     _command(commands, "down", cmd_down, RunDirOptions, "stop the stack `volte up` started")
     _command(commands, "demo", cmd_demo, DemoOptions,
              "run a stack on free ports, register simulated UEs, call through the sbc, stop")

@@ -64,6 +64,13 @@ class StackConfig:
     media_port_min: int = 30000
     media_port_max: int = 39999
     media_timeout: float = 30.0  # seconds without RTP before the relay reports the call dead
+    media_advertised: str = ""  # address written into SDP (empty: media_bind)
+    # The relay's data path: "userspace", or "xdp" on `media_interface` (empty: the interface
+    # holding media_bind); the relay falls back to userspace, saying so in its log, when XDP
+    # cannot attach.
+    media_fastpath: str = "userspace"
+    media_interface: str = ""
+    extra_media_args: list[str] = field(default_factory=list)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -157,11 +164,7 @@ class Stack:
             self._wait_serving("state", c.state_grpc, timeout)
             media_grpc = self._media_grpc()
             self._spawn(
-                "media",
-                [sys.executable, "-m", "services.media", "--grpc-listen", media_grpc,
-                 "--bind", c.media_bind, "--port-min", str(c.media_port_min),
-                 "--port-max", str(c.media_port_max), "--timeout", str(c.media_timeout)],
-                grpc=media_grpc,
+                "media", self.media_argv(media_grpc), grpc=media_grpc,
                 address=f"{c.media_bind}:{c.media_port_min}-{c.media_port_max}",
             )
             self._wait_serving("media", media_grpc, timeout)
@@ -179,6 +182,19 @@ class Stack:
             self.stop()
             raise
         self._save()
+
+    def media_argv(self, media_grpc: str) -> list[str]:
+        """The media relay's command line for this config."""
+        c = self.config
+        argv = [sys.executable, "-m", "services.media", "--grpc-listen", media_grpc,
+                "--bind", c.media_bind, "--port-min", str(c.media_port_min),
+                "--port-max", str(c.media_port_max), "--timeout", str(c.media_timeout),
+                "--fastpath", c.media_fastpath]
+        if c.media_interface:
+            argv += ["--interface", c.media_interface]
+        if c.media_advertised:
+            argv += ["--advertised", c.media_advertised]
+        return [*argv, *c.extra_media_args]
 
     def _media_grpc(self) -> str:
         """The media gRPC address: the configured one, or a free port if the default is busy."""

@@ -8,6 +8,7 @@ restarts a worker that dies, and forwards SIGTERM for a graceful drain.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,19 @@ from volte.v1 import sbc_admin_pb2, sbc_admin_pb2_grpc
 
 log = logging.getLogger("volte.sbc")
 DRAIN_SECONDS = 5.0
+# Collector thresholds for the worker: generation 0 every 10000 net allocations (the default,
+# 700, runs it several times per call). Transactions and their messages live 32 s (Timers
+# D, L, M), so the heap holds tens of thousands of objects per 100 calls/s; with the default
+# thresholds the full collections that walk all of it took ~7 % of the sbc's CPU.
+GC_THRESHOLDS = (10_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Once started: what start-up allocated (modules, gRPC, telemetry) is never collected
+    again (gc.freeze), and collections run less often (GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Admin(sbc_admin_pb2_grpc.SbcAdminServicer):
@@ -114,6 +128,7 @@ async def serve(config: SbcConfig) -> int:
             await asyncio.sleep(1.0)
 
     watcher = asyncio.create_task(watch_readiness())
+    tune_gc()
     await stop.wait()
     log.info("draining")
     sbc.draining = True

@@ -32,6 +32,7 @@ from services.sip.endpoint import SipEndpoint
 from services.sip.errors import ParseError
 from services.sip.headers import Headers, NameAddr, Via, parse_name_addr
 from services.sip.message import Request, Response, make_response
+from services.sip.sdp import NOT_ACCEPTABLE_HERE
 from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx, new_branch
 from services.sip.transport import Source, response_destination
 from services.sip.uri import URI, parse_uri
@@ -203,14 +204,22 @@ class Sbc:
             try:
                 await self._route(request, tx, source, started)
             except ParseError as exc:
-                self._reply(tx, exc.status, exc.reason)
+                self._abandon(tx)
+                if exc.status == NOT_ACCEPTABLE_HERE:  # bad SDP
+                    # RFC 3261 21.4.26: the usual phrase, and why in a Warning (399: other).
+                    self._reply(tx, exc.status, extra=[("Warning", self._warning(exc.reason))])
+                else:
+                    self._reply(tx, exc.status, exc.reason)
             except StateUnavailable as exc:
+                self._abandon(tx)
                 log.warning("state store unavailable", extra={"error": str(exc)})
                 self._reply(tx, 503, "State Store Unavailable", extra=[("Retry-After", "2")])
             except StateError:
+                self._abandon(tx)
                 log.exception("state store refused a call")
                 self._reply(tx, 500)
             except MediaUnavailable as exc:
+                self._abandon(tx)
                 log.warning("media relay unavailable", extra={"error": str(exc)})
                 self._reply(tx, 503, "Media Relay Unavailable", extra=[("Retry-After", "2")])
             finally:
@@ -352,7 +361,11 @@ class Sbc:
             return
         if request.method == "INVITE" and self._has_sdp(request) and self.media is not None:
             ctx.media = await self.media.create(request.call_id, request.from_.tag or "")
-            anchored = await self.media.anchor(ctx.media, request.body, OFFER, CALLER)
+            try:
+                anchored = await self.media.anchor(ctx.media, request.body, OFFER, CALLER)
+            except (ParseError, MediaUnavailable):  # 488 / 503: the relay keeps nothing
+                self._release_media_later(ctx)
+                raise
             request.set_body(anchored)
             if ctx.was_cancelled():  # while we waited for the relay (_final frees the ports)
                 self._final(ctx, make_response(request, 487))
@@ -663,6 +676,18 @@ class Sbc:
             self._release_media_later(ctx)
         if all(b.final is not None for b in ctx.branches.values()):
             self._forget(ctx)
+
+    def _abandon(self, tx: ServerTx) -> None:
+        """A request refused by an exception before it was forwarded: drop its context."""
+        ctx = self.by_server.get(tx)
+        if ctx is not None and not ctx.branches:
+            self._forget(ctx)
+
+    def _warning(self, text: str) -> str:
+        """A Warning header value (RFC 3261 20.43) from our host, code 399."""
+        quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+        host = self.config.advertised
+        return f'399 {f"[{host}]" if ":" in host else host} "{quoted}"'
 
     def _forget(self, ctx: ProxyContext) -> None:
         self.by_server.pop(ctx.server_tx, None)

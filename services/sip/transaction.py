@@ -14,6 +14,7 @@ them (sections 17.1.3 and 17.2.3, RFC 2543 fallback included).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -37,7 +38,15 @@ class TransactionError(Exception):
 # --- timers -------------------------------------------------------------------------------
 
 
-class Timer(Enum):
+class _Enum(Enum):
+    """An Enum hashed by identity, as its members are singletons. Enum.__hash__ is a Python
+    function (it hashes the name), and states, triggers and timers are dict and set keys
+    several times per message."""
+
+    __hash__ = object.__hash__
+
+
+class Timer(_Enum):
     """RFC 3261 table 4, RFC 6026's L and M, and the 200 ms wait before an automatic 100."""
 
     A = "A"  # INVITE request retransmission (unreliable transports)
@@ -56,7 +65,14 @@ class Timer(Enum):
 
 
 RETRANSMIT_TIMERS = frozenset({Timer.A, Timer.E, Timer.G})
+_TIMERS = tuple(Timer)  # definition order; iterating the Enum class itself is slow
 _TIMEOUT = 64  # B, F, H, J, L and M are 64*T1
+
+
+@functools.cache
+def _in_order(timers: frozenset[Timer]) -> tuple[Timer, ...]:
+    """A state's timers in definition order (a few sets, computed once each)."""
+    return tuple(t for t in _TIMERS if t in timers)
 
 
 @dataclass(frozen=True)
@@ -160,7 +176,7 @@ Action: TypeAlias = Send | Deliver | Timeout | TransportError | Terminated | Str
 # --- the state tables ---------------------------------------------------------------------
 
 
-class Event(Enum):
+class Event(_Enum):
     """Triggers other than timers."""
 
     RECV_1XX = "1xx received"
@@ -219,7 +235,7 @@ class Machine(Generic[S]):
     timers: Mapping[S, frozenset[Timer]]
 
 
-class InviteClientState(Enum):
+class InviteClientState(_Enum):
     CALLING = "Calling"
     PROCEEDING = "Proceeding"
     ACCEPTED = "Accepted"
@@ -227,14 +243,14 @@ class InviteClientState(Enum):
     TERMINATED = "Terminated"
 
 
-class NonInviteClientState(Enum):
+class NonInviteClientState(_Enum):
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
     COMPLETED = "Completed"
     TERMINATED = "Terminated"
 
 
-class InviteServerState(Enum):
+class InviteServerState(_Enum):
     PROCEEDING = "Proceeding"
     ACCEPTED = "Accepted"
     COMPLETED = "Completed"
@@ -242,7 +258,7 @@ class InviteServerState(Enum):
     TERMINATED = "Terminated"
 
 
-class NonInviteServerState(Enum):
+class NonInviteServerState(_Enum):
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
     COMPLETED = "Completed"
@@ -666,8 +682,8 @@ class Transaction(Generic[S]):
         for timer in [t for t in self._deadlines if t not in running]:
             del self._deadlines[timer]
         immediate: list[Timer] = []
-        for timer in Timer:  # definition order keeps the output deterministic
-            if timer not in running or timer in previous:
+        for timer in _in_order(running):  # definition order keeps the output deterministic
+            if timer in previous:
                 continue
             duration = self._duration(timer)
             if duration is None:

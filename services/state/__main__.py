@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from services.common.config import load
 from services.common.telemetry import setup_logging
+from services.sip.transport import install_event_loop_policy
 from services.state.service import StateConfig, serve
 
 
@@ -19,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="volte state store: gRPC volte.v1.StateStore on Redis",
     )
     setup_logging("state", config.log_level)
+    install_event_loop_policy()  # uvloop: less CPU per RPC and per Redis reply
     return asyncio.run(serve(config))
 
 

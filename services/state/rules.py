@@ -181,11 +181,7 @@ def select_dialog(
     before the To tag was stored) finds the early dialog of the caller's tag, preferring a
     confirmed one, then the most recent.
     """
-    candidates = [keys.dialog_field(from_tag, to_tag), keys.dialog_field(from_tag, "")]
-    if to_tag:
-        candidates[1:1] = [keys.dialog_field(to_tag, from_tag)]
-        candidates.append(keys.dialog_field(to_tag, ""))
-    for field in candidates:
+    for field in dialog_candidates(from_tag, to_tag):
         if field in stored:
             return field
     if to_tag:
@@ -205,10 +201,25 @@ def select_dialog(
 def stored_dialog(stored: Mapping[str, state_pb2.Dialog], from_tag: str, to_tag: str) -> str | None:
     """The field a PutDialog with these tags updates: the same dialog from either side, or,
     once the To tag is known, the early dialog stored without it. Never another fork."""
-    candidates = [keys.dialog_field(from_tag, to_tag)]
-    if to_tag:
-        candidates += [keys.dialog_field(to_tag, from_tag), keys.dialog_field(from_tag, "")]
-    return next((f for f in candidates if f in stored), None)
+    return next((f for f in stored_dialog_candidates(from_tag, to_tag) if f in stored), None)
+
+
+def dialog_candidates(from_tag: str, to_tag: str) -> list[str]:
+    """The fields select_dialog tries, in order, before it looks at the forks (a request from
+    either side, or the early dialog of the caller's tag)."""
+    if not to_tag:
+        return [keys.dialog_field(from_tag, "")]
+    return [
+        keys.dialog_field(from_tag, to_tag),
+        keys.dialog_field(to_tag, from_tag),
+        keys.dialog_field(from_tag, ""),
+        keys.dialog_field(to_tag, ""),
+    ]
+
+
+def stored_dialog_candidates(from_tag: str, to_tag: str) -> list[str]:
+    """The fields stored_dialog tries, in order: select_dialog's but the callee's early one."""
+    return dialog_candidates(from_tag, to_tag)[:3]
 
 
 def unconfirmed_forks(stored: Mapping[str, state_pb2.Dialog], from_tag: str) -> list[str]:

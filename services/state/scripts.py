@@ -100,6 +100,46 @@ return 1
 """
 )
 
+# KEYS: dialogs hash, its timer set. ARGV: now, grace, field, framed dialog, then the fields
+# the same dialog may be stored under (rules.stored_dialog_candidates), in order.
+# PutDialog in one round trip when the dialog is new: when none of those fields holds an
+# unexpired dialog, writes the field (as PUT_RECORD) and returns 1; otherwise writes nothing
+# and returns {field, value} of the first that does, for the caller to merge and PUT_RECORD.
+PUT_NEW_DIALOG = (
+    _COMMON
+    + """
+local key, timers = KEYS[1], KEYS[2]
+local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 5, #ARGV do
+  local old = redis.call('HGET', key, ARGV[i])
+  if old and deadline(old) > now then return {ARGV[i], old} end
+end
+redis.call('HSET', key, ARGV[3], ARGV[4])
+settle(key, timers, now, grace)
+return 1
+"""
+)
+
+# KEYS: dialogs hash, its timer set. ARGV: now, grace, candidate fields in order
+# (rules.dialog_candidates). DeleteDialog with both tags in one round trip: deletes the first
+# candidate holding an unexpired dialog and returns 1; 0 when there is none.
+DELETE_DIALOG = (
+    _COMMON
+    + """
+local key, timers = KEYS[1], KEYS[2]
+local now, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local old = redis.call('HGET', key, ARGV[i])
+  if old and deadline(old) > now then
+    redis.call('HDEL', key, ARGV[i])
+    settle(key, timers, now, grace)
+    return 1
+  end
+end
+return 0
+"""
+)
+
 # KEYS: record hash, its timer set. ARGV: now, grace, fields... (none: every field).
 # Returns how many unexpired records were deleted.
 DELETE_RECORDS = (

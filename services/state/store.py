@@ -9,12 +9,16 @@ or not a sweeper has removed it yet. Any instance's `sweep()` fires any instance
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from services.state import keys, rules, scripts
 from services.state.connect import RedisClient, connect
@@ -48,7 +52,9 @@ class RedisStore:
         self._default_ms = rules.to_ms(default_ttl)
         self._apply_bindings = client.register_script(scripts.APPLY_BINDINGS)
         self._put_record = client.register_script(scripts.PUT_RECORD)
+        self._put_new_dialog = client.register_script(scripts.PUT_NEW_DIALOG)
         self._delete_records = client.register_script(scripts.DELETE_RECORDS)
+        self._delete_dialog = client.register_script(scripts.DELETE_DIALOG)
         self._sweep = client.register_script(scripts.SWEEP)
         self._check_nc = client.register_script(scripts.CHECK_NONCE_COUNT)
         self._put_sub = client.register_script(scripts.PUT_SUBSCRIBER)
@@ -236,15 +242,18 @@ class RedisStore:
             require(request.source.ip, "source is required with caller_impu")
         require(request.source.port <= 65535, "source.port must be 0..65535")
         response = state_pb2.RouteResponse()
-        caller, callee = await asyncio.gather(
-            self._identify_caller(
-                request.caller_impu,
-                request.source,
-                ip_only=request.transport
-                in (common_pb2.SIP_TRANSPORT_TCP, common_pb2.SIP_TRANSPORT_TLS),
-            ),
-            self._callee(request.callee_impu),
+        # What the common case needs (both subscribers, the bindings of both IMPUs asked
+        # for) in one pipelined round trip; anything further is read as before.
+        claimed = request.caller_impu if request.source.ip else ""
+        pre = await self._prefetch([claimed, request.callee_impu])
+        caller = await self._identify_caller(
+            request.caller_impu,
+            request.source,
+            ip_only=request.transport
+            in (common_pb2.SIP_TRANSPORT_TCP, common_pb2.SIP_TRANSPORT_TLS),
+            pre=pre,
         )
+        callee = await self._callee(request.callee_impu, pre=pre)
         if caller is not None:
             response.caller_registered = True
             response.asserted_impu, response.caller_imsi = caller
@@ -252,24 +261,78 @@ class RedisStore:
         response.callee_bindings.extend(callee_bindings)
         return response
 
+    async def _prefetch(self, impus: Iterable[str]) -> _Prefetched:
+        """The subscriber and the bindings of each IMPU, in one pipeline (on a cluster, one
+        round trip per node). A script the server does not know yet (restart, flush) is
+        left out: the caller then reads it the usual way, which loads the script."""
+        pre = _Prefetched()
+        wanted = list(dict.fromkeys(i for i in impus if i))
+        if not wanted:
+            return pre
+        if isinstance(self.redis, RedisCluster):
+            # redis-py refuses scripts in a cluster pipeline: concurrent calls instead.
+            subs = asyncio.gather(*(self.get_subscriber(impu=i) for i in wanted))
+            regs = asyncio.gather(*(self.lookup_bindings(i) for i in wanted))
+            pre.subscribers = dict(zip(wanted, await subs, strict=True))
+            pre.bindings = dict(zip(wanted, await regs, strict=True))
+            return pre
+        pipe = self.redis.pipeline(transaction=False)
+        for impu in wanted:
+            pipe.evalsha(  # what get_subscriber(impu=...) runs
+                self._get_sub.sha, 1, keys.impi_index(),
+                keys.subscriber(""), keys.impu_prefix(), "", impu,
+            )
+            pipe.hvals(keys.registration(impu))
+        replies = await pipe.execute(raise_on_error=False)
+        now = self.now_ms()
+        for impu, raw, values in zip(wanted, replies[::2], replies[1::2], strict=True):
+            for reply in (raw, values):
+                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                    raise reply
+            if not isinstance(raw, Exception):
+                pre.subscribers[impu] = (
+                    None if raw is None else state_pb2.Subscriber.FromString(raw)
+                )
+            if not isinstance(values, Exception):
+                pre.bindings[impu] = self._bindings(map(_bytes, values), now)
+        return pre
+
+    async def _subscriber_of(self, impu: str, pre: _Prefetched) -> state_pb2.Subscriber | None:
+        if impu in pre.subscribers:
+            return pre.subscribers[impu]
+        return await self.get_subscriber(impu=impu)
+
+    async def _bindings_of(self, impu: str, pre: _Prefetched) -> list[state_pb2.Binding]:
+        if impu in pre.bindings:
+            return pre.bindings[impu]
+        return await self.lookup_bindings(impu)
+
     async def _identify_caller(
-        self, claimed: str, source: common_pb2.SocketAddress, *, ip_only: bool = False
+        self,
+        claimed: str,
+        source: common_pb2.SocketAddress,
+        *,
+        ip_only: bool = False,
+        pre: _Prefetched | None = None,
     ) -> tuple[str, str] | None:
         """(asserted IMPU, IMSI) of the subscriber registered from `source`, or None."""
         if not source.ip:
             return None
+        pre = pre or _Prefetched()
         if claimed:
-            sub = await self.get_subscriber(impu=claimed)
+            sub = await self._subscriber_of(claimed, pre)
             if sub is not None and await self._registered_from(
-                sub, source, first=claimed, ip_only=ip_only
+                sub, source, first=claimed, ip_only=ip_only, pre=pre
             ):
                 return claimed, sub.imsi
         hint = await self.redis.get(keys.source(source.ip, source.port))
         if hint is None:
             return None
         aor = _bytes(hint).decode()
-        sub = await self.get_subscriber(impu=aor)
-        if sub is None or not await self._registered_from(sub, source, first=aor, ip_only=ip_only):
+        sub = await self._subscriber_of(aor, pre)
+        if sub is None or not await self._registered_from(
+            sub, source, first=aor, ip_only=ip_only, pre=pre
+        ):
             return None
         return (claimed if claimed in sub.impus else sub.impus[0]), sub.imsi
 
@@ -280,25 +343,29 @@ class RedisStore:
         *,
         first: str,
         ip_only: bool = False,
+        pre: _Prefetched,
     ) -> bool:
         if sub.barred:
             return False
         for impu in [first, *(i for i in sub.impus if i != first)]:
-            bindings = await self.lookup_bindings(impu)
+            bindings = await self._bindings_of(impu, pre)
             if any(rules.same_source(b.received, source, ip_only=ip_only) for b in bindings):
                 return True
         return False
 
-    async def _callee(self, impu: str) -> tuple[bool, list[state_pb2.Binding]]:
+    async def _callee(
+        self, impu: str, *, pre: _Prefetched | None = None
+    ) -> tuple[bool, list[state_pb2.Binding]]:
         """(known, bindings): the AOR's own bindings, else those of the subscriber's other
         IMPUs (its implicit registration set: tel: and sip: forms of one number)."""
         if not impu:
             return False, []
-        sub = await self.get_subscriber(impu=impu)
+        pre = pre or _Prefetched()
+        sub = await self._subscriber_of(impu, pre)
         if sub is None:
             return False, []
         for aor in [impu, *(i for i in sub.impus if i != impu)]:
-            bindings = await self.lookup_bindings(aor)
+            bindings = await self._bindings_of(aor, pre)
             if bindings:
                 return True, bindings
         return True, []
@@ -313,22 +380,42 @@ class RedisStore:
         ttl_ms = rules.duration_ms(ttl, "ttl", rules.MAX_EXPIRES_S)
         now = self.now_ms()
         key = keys.dialogs(dialog.id.call_id)
-        stored = await self._dialogs(key, now)
-        old_field = rules.stored_dialog(stored, dialog.id.from_tag, dialog.id.to_tag)
-        old = stored.get(old_field) if old_field else None
+        field = keys.dialog_field(dialog.id.from_tag, dialog.id.to_tag)
+        record = self._dialog_record(dialog, None, ttl_ms, now)
+        # Optimistic: a new dialog (the sbc's case) is written in one round trip. When the
+        # dialog is stored already, the script hands back the stored one to merge with.
+        found = await self._put_new_dialog(
+            keys=[key, keys.timers_for(key)],
+            args=[
+                now, GRACE_MS, field, self._dialog_value(record, now),
+                *rules.stored_dialog_candidates(dialog.id.from_tag, dialog.id.to_tag),
+            ],
+        )
+        if not isinstance(found, list):
+            return record
+        old_field = _bytes(found[0]).decode()
+        old = state_pb2.Dialog.FromString(keys.unframe(_bytes(found[1])).payload)
+        record = self._dialog_record(dialog, old, ttl_ms, now)
+        old_fields = [old_field] if old_field != field else []
+        await self._put_record(
+            keys=[key, keys.timers_for(key)],
+            args=[now, GRACE_MS, field, self._dialog_value(record, now), *old_fields],
+        )
+        return record
+
+    def _dialog_record(
+        self, dialog: state_pb2.Dialog, old: state_pb2.Dialog | None, ttl_ms: int, now: int
+    ) -> state_pb2.Dialog:
         record = state_pb2.Dialog()
         record.CopyFrom(dialog)
         self._set_times(record, old, ttl_ms, now)
+        return record
+
+    def _dialog_value(self, record: state_pb2.Dialog, now: int) -> bytes:
         deadline = rules.dialog_deadline(
             record, now, early_ms=self._early_ms, linger_ms=self._linger_ms
         )
-        field = keys.dialog_field(dialog.id.from_tag, dialog.id.to_tag)
-        old_fields = [old_field] if old_field and old_field != field else []
-        value = keys.frame(deadline, record.SerializeToString())
-        await self._put_record(
-            keys=[key, keys.timers_for(key)], args=[now, GRACE_MS, field, value, *old_fields]
-        )
-        return record
+        return keys.frame(deadline, record.SerializeToString())
 
     async def get_dialog(self, dialog_id: common_pb2.DialogId) -> state_pb2.Dialog | None:
         """Finds the dialog from either side's point of view (see rules.select_dialog)."""
@@ -344,12 +431,14 @@ class RedisStore:
         rules.check_dialog_id(dialog_id)
         now = self.now_ms()
         key = keys.dialogs(dialog_id.call_id)
+        if dialog_id.to_tag:  # select_dialog's choice, made by the script: one round trip
+            candidates = rules.dialog_candidates(dialog_id.from_tag, dialog_id.to_tag)
+            found: int = await self._delete_dialog(
+                keys=[key, keys.timers_for(key)], args=[now, GRACE_MS, *candidates]
+            )
+            return found > 0
         stored = await self._dialogs(key, now)
-        if dialog_id.to_tag:
-            field = rules.select_dialog(stored, dialog_id.from_tag, dialog_id.to_tag)
-            fields = [field] if field else []
-        else:
-            fields = rules.unconfirmed_forks(stored, dialog_id.from_tag)
+        fields = rules.unconfirmed_forks(stored, dialog_id.from_tag)
         if not fields:
             return False
         deleted: int = await self._delete_records(
@@ -439,14 +528,48 @@ class RedisStore:
         exactly one of them."""
         now = self.now_ms()
         fired: Counter[str] = Counter()
-        for timers in keys.all_timer_keys():
-            while True:
-                out = await self._sweep(keys=[timers], args=[now, GRACE_MS, limit])
+        pending = keys.all_timer_keys()
+        while pending:  # a shard with more due than `limit` goes round again
+            replies = await self._script_many(
+                self._sweep, [([timers], [now, GRACE_MS, limit]) for timers in pending]
+            )
+            again = []
+            for timers, out in zip(pending, replies, strict=True):
                 for key, dropped in zip(out[::2], out[1::2], strict=True):
                     fired[keys.kind_of(key.decode())] += dropped
-                if len(out) < 2 * limit:
-                    break
+                if len(out) >= 2 * limit:
+                    again.append(timers)
+            pending = again
         return fired
+
+    async def _script_many(
+        self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """`script` once per (keys, args): pipelined in one round trip (sweeps run twice a
+        second over every shard), or one call after another on a cluster, where redis-py
+        refuses scripts in a pipeline."""
+        if isinstance(self.redis, RedisCluster):
+            return [await script(keys=k, args=a) for k, a in calls]
+        pipe = self.redis.pipeline(transaction=False)
+        for k, a in calls:
+            pipe.evalsha(script.sha, len(k), *k, *a)
+        replies = await pipe.execute(raise_on_error=False)
+        out = []
+        for (k, a), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # not loaded yet (restart, flush): this loads it
+                reply = await script(keys=k, args=a)
+            elif isinstance(reply, Exception):
+                raise reply
+            out.append(reply)
+        return out
+
+
+@dataclasses.dataclass
+class _Prefetched:
+    """What Route read ahead: subscriber (None: no such IMPU) and bindings by IMPU."""
+
+    subscribers: dict[str, state_pb2.Subscriber | None] = dataclasses.field(default_factory=dict)
+    bindings: dict[str, list[state_pb2.Binding]] = dataclasses.field(default_factory=dict)
 
 
 def _bytes(value: bytes | str) -> bytes:
