@@ -1,21 +1,311 @@
-"""The `loadgen` command. Scenarios (call setup, failover, scale-out) arrive as subcommands."""
+"""The `loadgen` command: `loadgen SCENARIO [options]`.
+
+Scenarios: register, call-setup, failover, scale-out, soak (see README.md, "loadgen").
+Exit status: 0 the run passed its thresholds; 1 a threshold (--max-failed-ratio,
+--max-p99-setup-ms) was exceeded; 2 bad options; 3 the run could not start (no stack, no UE
+registered, a worker crashed); 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import grpc
+from rich.console import Console
+
+from loadgen.config import SCENARIOS, LoadConfig, Mix, parse_address
+from loadgen.engine import LoadError, ScenarioEvent, run_async, run_load
+from loadgen.progress import PlainDisplay, QuietDisplay, RichDisplay
 from services import __version__
+from services.sip.transport import Address
+
+DEFAULT_RUN_DIR = f"/tmp/volte-{os.getuid()}"
+DEFAULT_STATE = "127.0.0.1:50051"
+EPILOG = """\
+examples:
+  loadgen register --subscribers 1000 --rate 200
+  loadgen call-setup --subscribers 200 --rate 20 --duration 30 --hold 2 --report out.json
+  loadgen call-setup --rate 50 --ramp 10 --mix busy=0.05,cancel=0.05 --workers 2 --plots out/
+  loadgen failover --rate 20 --duration 30 --event-at 10 --hold 3      (volte up --workers 2)
+  loadgen scale-out --steps 20,40,80,160 --step-duration 10
+  loadgen soak --rate 5 --duration 3600 --expires 600 --csv soak.csv
+
+Without --target, the sbc (and domain, state address) of the `volte up` stack in --run-dir.
+"""
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: a ratio between 0 and 1")
+    return value
+
+
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mix(text: str) -> Mix:
+    try:
+        return Mix.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _steps(text: str) -> tuple[float, ...]:
+    try:
+        steps = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text}: comma-separated rates") from None
+    if not steps or any(s <= 0 for s in steps):
+        raise argparse.ArgumentTypeError(f"{text}: comma-separated rates, each > 0")
+    return steps
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="loadgen", description="Load generator for volte: simulated UEs and eNodeBs."
+    p = argparse.ArgumentParser(
+        prog="loadgen",
+        description="Load generator for volte: simulated UEs registering and calling through "
+                    "the sbc, with media; call setup, failover, scale-out, soak.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("scenario", choices=SCENARIOS, help="what to run")
+    g = p.add_argument_group("where")
+    g.add_argument("--target", action="append", type=_address, metavar="HOST:PORT",
+                   help="a P-CSCF (sbc) SIP address over UDP; repeat for a secondary: the first "
+                        "is each UE's primary, the second its secondary")
+    g.add_argument("--domain", help="home domain (default: the stack's, else ims.local)")
+    g.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
+                   help="the `volte up` run directory (stack.json): defaults for --target, "
+                        "--domain, --state; the sbc worker pids for failover")
+    g.add_argument("--bind", default="127.0.0.1", help="the UEs' own address")
+    g = p.add_argument_group("subscribers")
+    g.add_argument("--subscribers", type=_positive_int, default=100,
+                   help="how many UEs (call scenarios pair them: caller, callee)")
+    g.add_argument("--start", type=int, default=100000, help="first subscriber number")
+    g.add_argument("--password", default="secret", help="their digest password")
+    g.add_argument("--provision", action="store_true",
+                   help="provision the subscribers through the state service first")
+    g.add_argument("--state", help="state service gRPC host:port for --provision")
+    g.add_argument("--expires", type=_positive_int, default=600, help="REGISTER Expires")
+    g.add_argument("--reregister", type=_positive_float,
+                   help="re-REGISTER every so many seconds during the load (default expires/2)")
+    g.add_argument("--clear-bindings", action=argparse.BooleanOptionalAction, default=True,
+                   help="before the load, remove every binding of each subscriber (REGISTER "
+                        "Contact: *), those an earlier run left included")
+    g.add_argument("--unregister", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the load, remove the UEs' bindings")
+    g.add_argument("--register-timeout", type=_positive_float, default=10.0,
+                   help="seconds a REGISTER exchange may take at one P-CSCF before the UE "
+                        "tries its secondary")
+    g.add_argument("--register-rate", type=_positive_float, default=200.0,
+                   help="initial REGISTERs per second before a call scenario's load")
+    g = p.add_argument_group("load")
+    g.add_argument("--rate", type=_positive_float, default=10.0,
+                   help="calls per second offered (REGISTERs per second for `register`)")
+    g.add_argument("--ramp", type=_non_negative_float, default=0.0,
+                   help="seconds to ramp up linearly from 0 to --rate")
+    g.add_argument("--max-concurrent", type=_positive_int, default=10_000,
+                   help="calls in progress at most (an offer beyond it is counted as blocked)")
+    g.add_argument("--hold", type=_non_negative_float, default=1.0,
+                   help="seconds from the answer to the BYE")
+    g.add_argument("--calls", type=_positive_int,
+                   help="calls to offer (REGISTERs for `register`)")
+    g.add_argument("--duration", type=_positive_float, help="seconds to offer load for")
+    g.add_argument("--media", action=argparse.BooleanOptionalAction, default=True,
+                   help="RTP both ways at 50 packets/s; a call without it both ways fails "
+                        "(no_audio)")
+    g.add_argument("--mix", type=_mix, default=Mix(), metavar="busy=F,cancel=F",
+                   help="fractions of calls the callee refuses (486) or the caller cancels")
+    g.add_argument("--ring", type=_non_negative_float, default=0.0,
+                   help="seconds the callee rings before answering")
+    g.add_argument("--cancel-after", type=_non_negative_float, default=0.2,
+                   help="cancel calls: seconds from the 180 to the CANCEL")
+    g.add_argument("--setup-timeout", type=_positive_float, default=32.0,
+                   help="seconds an INVITE may take to its final answer")
+    g.add_argument("--seed", type=int, default=1, help="random seed (call mix)")
+    g.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes; each takes a share of the subscribers and the rate")
+    g.add_argument("--bearers", action="store_true",
+                   help="check the UEs' dedicated bearers via the eNodeB simulator (not "
+                        "available yet: accepted, reported as unchecked)")
+    g = p.add_argument_group("scenario events")
+    g.add_argument("--event-at", type=_non_negative_float,
+                   help="failover: seconds into the load to kill an sbc worker "
+                        "(default: a third of the duration)")
+    g.add_argument("--kill-signal", choices=("KILL", "TERM"), default="KILL",
+                   help="failover: the signal (KILL: a crash; TERM: a graceful drain)")
+    g.add_argument("--steps", type=_steps, default=(5.0, 10.0, 20.0, 40.0),
+                   help="scale-out: offered rates, comma-separated")
+    g.add_argument("--step-duration", type=_positive_float, default=10.0,
+                   help="scale-out: seconds per step")
+    g.add_argument("--window", type=_positive_float, default=60.0,
+                   help="soak: seconds per summary window")
+    g = p.add_argument_group("output")
+    g.add_argument("--report", help="write the JSON report here")
+    g.add_argument("--csv", help="write the per-second time series here")
+    g.add_argument("--plots", help="write PNG plots into this directory")
+    g.add_argument("--timeline", help="write every call's timeline here (JSON lines)")
+    g.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="live progress: a bar on a terminal, lines otherwise (auto)")
+    g.add_argument("--max-failed-ratio", type=_ratio,
+                   help="exit 1 when more calls than this fraction fail")
+    g.add_argument("--max-p99-setup-ms", type=_positive_float,
+                   help="exit 1 when the INVITE-to-200 p99 (REGISTER for `register`) exceeds it")
+    return p
+
+
+def _stack_defaults(run_dir: str) -> tuple[Address | None, str | None, str | None]:
+    """The `volte up` stack in run_dir: its SIP address, domain and state gRPC address."""
+    from services.stack import Stack
+
+    try:
+        stack = Stack.load(run_dir)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None, None
+    if stack is None:
+        return None, None, None
+    c = stack.config
+    return (c.sip_host, c.sip_port), c.domain, c.state_grpc
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[LoadConfig, str]:
+    sip, domain, state = _stack_defaults(args.run_dir)
+    targets = tuple(args.target) if args.target else ((sip,) if sip else (("127.0.0.1", 5060),))
+    config = LoadConfig(
+        scenario=args.scenario, targets=targets,
+        domain=args.domain or domain or "ims.local",
+        subscribers=args.subscribers, start=args.start, password=args.password,
+        rate=args.rate, ramp=args.ramp, max_concurrent=args.max_concurrent, hold=args.hold,
+        calls=args.calls, duration=args.duration, media=args.media, mix=args.mix,
+        seed=args.seed, workers=args.workers, setup_timeout=args.setup_timeout,
+        cancel_after=args.cancel_after, register_timeout=args.register_timeout,
+        ring=args.ring, expires=args.expires,
+        reregister=args.reregister, register_rate=args.register_rate, bind=args.bind,
+        clear_bindings=args.clear_bindings, unregister=args.unregister,
+        bearers=args.bearers, run_dir=args.run_dir, event_at=args.event_at,
+        kill_signal=args.kill_signal,
+        steps=args.steps if args.scenario == "scale-out" else (),
+        step_duration=args.step_duration, window=args.window,
+        max_failed_ratio=args.max_failed_ratio, max_p99_setup_ms=args.max_p99_setup_ms,
+    )
+    return config, args.state or state or DEFAULT_STATE
+
+
+def _check(config: LoadConfig, parser: argparse.ArgumentParser) -> None:
+    if config.is_call_scenario and config.pairs < 1:
+        parser.error("call scenarios need --subscribers 2 or more (callers and callees)")
+    if config.workers > 1:
+        unit = config.subscribers if config.scenario == "register" else config.pairs
+        if unit < config.workers:
+            parser.error(f"--workers {config.workers}: not enough subscribers to share")
+    if config.scenario == "scale-out" and (config.calls or config.duration):
+        parser.error("scale-out runs --steps x --step-duration; leave out --calls/--duration")
+    duration = config.load_duration
+    if config.scenario == "failover" and duration is not None and \
+            config.failover_at >= duration:
+        parser.error(f"--event-at {config.failover_at} is not within the load ({duration} s)")
+
+
+def _display(mode: str, console: Console) -> RichDisplay | PlainDisplay | QuietDisplay:
+    if mode == "auto":
+        mode = "bar" if sys.stdout.isatty() else "lines"
+    if mode == "bar":
+        return RichDisplay(console)
+    if mode == "lines":
+        return PlainDisplay()
+    return QuietDisplay()
+
+
+def provision(config: LoadConfig, state: str, console: Console) -> None:
+    from services.subscribers import Provisioner
+
+    provisioner = Provisioner(state)
+    try:
+        provisioner.provision(config.subscribers, config.start, config.domain, config.password)
+    except grpc.RpcError as exc:
+        raise LoadError(f"provisioning through the state service at {state} failed: "
+                        f"{exc.code().name} {exc.details()}") from None
+    finally:
+        provisioner.close()
+    console.print(f"provisioned {config.subscribers} subscribers sip:{config.start}@"
+                  f"{config.domain} .. through {state}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config, state = config_from_args(args)
+    _check(config, parser)
+    console = Console()
+    try:
+        return run(config, state, args, console)
+    except LoadError as exc:
+        console.print(f"loadgen: {exc}", markup=False, highlight=False)
+        return 3
+    except KeyboardInterrupt:
+        console.print("loadgen: interrupted")
+        return 130
+
+
+def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Console) -> int:
+    from loadgen.report import build_report, summary, write_csv, write_json
+    from loadgen.scenarios import KillSbcWorker, stack_sbc_workers
+
+    if args.provision:
+        provision(config, state, console)
+    event: ScenarioEvent | None = None
+    if config.scenario == "failover":
+        kill = KillSbcWorker(config.failover_at, config.run_dir, config.kill_signal)
+        kill.check()
+        event = kill
+    sbc_workers = stack_sbc_workers(config.run_dir) if config.scenario == "scale-out" else None
+    target = ", ".join(f"{h}:{p}" for h, p in config.targets)
+    console.print(f"loadgen {config.scenario}: {config.subscribers} UEs via {target}, "
+                  f"domain {config.domain}, {config.workers} worker(s)", highlight=False)
+    outcome = run_async(run_load(config, _display(args.progress, console), event=event,
+                                 timeline=args.timeline or ""))
+    report = build_report(config, outcome, sbc_workers=sbc_workers)
+    if args.report:
+        write_json(report, args.report)
+    if args.csv:
+        write_csv(report, args.csv)
+    if args.plots:
+        from loadgen.plots import write_plots
+
+        write_plots(report, args.plots)
+    summary(report, console)
+    written = [p for p in (args.report, args.csv, args.plots, args.timeline) if p]
+    if written:
+        console.print("wrote " + ", ".join(str(Path(p)) for p in written), highlight=False)
+    return 0 if report["passed"] else 1
+

@@ -25,6 +25,7 @@ from services import __version__
 from services.common.config import load
 from services.common.health import add_health
 from services.common.telemetry import setup_logging, setup_telemetry
+from services.sbc.bearer_client import BearerClient
 from services.sbc.config import SbcConfig
 from services.sbc.core import Sbc
 from services.sbc.media_client import MediaClient
@@ -93,7 +94,8 @@ async def serve(config: SbcConfig) -> int:
     telemetry = setup_telemetry("sbc", metrics_port=config.metrics_port)
     state = StateClient(config.state, config.state_timeout)
     media = MediaClient(config.media, config.media_timeout) if config.media else None
-    sbc = Sbc(config, state, media)
+    bearers = BearerClient(config.enb, config.bearer_timeout) if config.enb else None
+    sbc = Sbc(config, state, media, bearers)
     try:
         await sbc.start()
     except OSError as exc:
@@ -142,6 +144,8 @@ async def serve(config: SbcConfig) -> int:
     await state.close()
     if media is not None:
         await media.close()
+    if bearers is not None:
+        await bearers.close()
     telemetry.shutdown()
     return 0
 

@@ -27,6 +27,10 @@ class SbcConfig:
         "", "media relay gRPC address host:port: anchor every call's RTP there (empty: no)"
     )
     media_timeout: float = option(1.0, "seconds before a media RPC counts as failed (then 503)")
+    enb: str = option(
+        "", "eNB agent gRPC address host:port: QCI-1 bearers for answered calls (empty: no)"
+    )
+    bearer_timeout: float = option(2.0, "seconds the eNB agent has to set a bearer up")
     grpc_listen: str = option("127.0.0.1:50061", "gRPC admin + health address (port 0: any)")
     metrics_port: int = option(0, "Prometheus endpoint port (0: off)")
     next_hop: str = option("", "host:port of the S-CSCF for other domains (empty: 404)")

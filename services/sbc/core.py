@@ -22,7 +22,9 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
+from services.sbc.bearer_client import BearerClient, BearerUnavailable
 from services.sbc.config import SbcConfig
+from services.sbc.counters import LocalCounter
 from services.sbc.flowtoken import FlowToken, Hop, read_route_params, record_route_params
 from services.sbc.media_client import ANSWER, CALLEE, CALLER, OFFER, MediaClient, MediaUnavailable
 from services.sbc.overload import OverloadControl
@@ -36,7 +38,7 @@ from services.sip.sdp import NOT_ACCEPTABLE_HERE
 from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx, new_branch
 from services.sip.transport import Source, response_destination
 from services.sip.uri import URI, parse_uri
-from volte.v1 import common_pb2, media_pb2, state_pb2
+from volte.v1 import bearer_pb2, common_pb2, media_pb2, state_pb2
 
 log = logging.getLogger("volte.sbc")
 tracer = trace.get_tracer("volte.sbc")
@@ -105,26 +107,41 @@ class CallInfo:
 
 class SbcMetrics:
     def __init__(self) -> None:
-        self.requests = meter.create_counter("sbc_sip_requests", description="SIP requests")
-        self.responses = meter.create_counter("sbc_sip_responses", description="responses sent")
-        self.registrations = meter.create_counter("sbc_registrations", description="REGISTER OK")
-        self.calls_started = meter.create_counter("sbc_calls_started", description="answered")
-        self.active_calls = meter.create_up_down_counter("sbc_active_calls", description="calls")
+        # Counted several times per call: summed here, read at collection (counters.py).
+        self.requests = LocalCounter(meter, "sbc_sip_requests", description="SIP requests")
+        self.responses = LocalCounter(meter, "sbc_sip_responses", description="responses sent")
+        self.registrations = LocalCounter(meter, "sbc_registrations", description="REGISTER OK")
+        self.calls_started = LocalCounter(meter, "sbc_calls_started", description="answered")
+        self.active_calls = LocalCounter(
+            meter, "sbc_active_calls", description="calls", up_down=True
+        )
         self.setup_latency = meter.create_histogram(
             "sbc_transaction_latency", unit="s", description="request in to final response out"
         )
-        self.rejected = meter.create_counter("sbc_overload_rejected", description="503 sent")
+        self.rejected = LocalCounter(meter, "sbc_overload_rejected", description="503 sent")
+        self.bearers_failed = LocalCounter(
+            meter, "sbc_bearers_failed", description="QCI-1 bearers not set up (call went on)"
+        )
 
 
 class Sbc:
     """The transaction user: one instance per worker process."""
 
     def __init__(
-        self, config: SbcConfig, state: StateClient, media: MediaClient | None = None
+        self,
+        config: SbcConfig,
+        state: StateClient,
+        media: MediaClient | None = None,
+        bearers: BearerClient | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.media = media
+        self.bearers = bearers
+        # call-id -> bearer ids of this instance's answered calls, released on BYE
+        self.call_bearers: dict[str, list[str]] = {}
+        # IMSI -> call-ids, to end the calls of UEs whose eNB went away
+        self.calls_by_imsi: dict[str, set[str]] = {}
         self.calls: dict[str, CallInfo] = {}  # by media session id
         self.endpoint = SipEndpoint(self)
         self.key = (config.nonce_secret or os.urandom(32).hex()).encode()
@@ -156,6 +173,8 @@ class Sbc:
         self.via_port = self.port
         if self.media is not None:
             self._spawn(self._watch_media())
+        if self.bearers is not None:
+            self._spawn(self._watch_bearers())
         if self.config.workers > 1:
             own = await self.endpoint.transport.listen_udp(self.config.sip_listen, 0)
             self.via_port = own[1]
@@ -180,7 +199,10 @@ class Sbc:
     def on_request(self, request: Request, tx: ServerTx | None, source: Source) -> None:
         self.metrics.requests.add(1, {"method": request.method})
         if tx is None:  # ACK for a 2xx: forwarded statelessly along the dialog's route
-            self._spawn(self._forward_ack(request, source))
+            try:  # no state lookup: done here rather than in a task of its own
+                self._forward_ack(request, source)
+            except Exception:
+                log.exception("request handling failed")
             return
         self._spawn(self._handle(request, tx, source))
 
@@ -514,7 +536,7 @@ class Sbc:
         out.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
         self._send_branch(ctx, out, hop, 0)
 
-    async def _forward_ack(self, ack: Request, source: Source) -> None:
+    def _forward_ack(self, ack: Request, source: Source) -> None:
         try:
             hop, _ = self._next_hop_in_dialog(ack, source)
         except ParseError:
@@ -592,17 +614,17 @@ class Sbc:
         """A 2xx to INVITE: record the dialog (for clean-up and failover), then relay it."""
         branch = ctx.branches[tx]
         request = ctx.request
-        if ctx.media and self.media is not None:
-            if self._has_sdp(response):
-                try:
-                    response.body = await self.media.anchor(
-                        ctx.media, response.body, ANSWER, CALLEE
-                    )
-                    response.headers.set("Content-Length", str(len(response.body)))
-                except (MediaUnavailable, ParseError) as exc:
-                    log.warning("answer not anchored", extra={"error": str(exc)})
+        if ctx.media and self.media is not None and self._has_sdp(response):
+            try:
+                response.body = await self.media.anchor(
+                    ctx.media, response.body, ANSWER, CALLEE
+                )
+                response.headers.set("Content-Length", str(len(response.body)))
+            except (MediaUnavailable, ParseError) as exc:
+                log.warning("answer not anchored", extra={"error": str(exc)})
+        if ctx.media or self.bearers is not None:  # calls the sbc may have to end itself
             contacts = response.contacts or []
-            self.calls[ctx.media] = CallInfo(
+            self.calls[ctx.media or f"call:{request.call_id}"] = CallInfo(
                 call_id=request.call_id,
                 caller_from=request.headers.get("from") or "",
                 callee_to=response.headers.get("to") or "",
@@ -611,6 +633,7 @@ class Sbc:
                 caller=Hop.of(ctx.source),
                 callee=branch.target,
             )
+        bearer_ids = await self._setup_bearers(ctx, response)
         dialog = state_pb2.Dialog(
             id=common_pb2.DialogId(
                 call_id=request.call_id,
@@ -630,6 +653,7 @@ class Sbc:
             callee_imsi=ctx.callee_imsi,
             sbc_instance=self.config.instance,
             media_session_id=ctx.media,
+            bearer_ids=bearer_ids,
         )
         try:
             await self.state.put_dialog(state_pb2.PutDialogRequest(dialog=dialog))
@@ -696,6 +720,8 @@ class Sbc:
 
     async def _dialog_ended(self, bye: Request, media: str = "") -> None:
         self.metrics.active_calls.add(-1)
+        self.calls.pop(f"call:{bye.call_id}", None)
+        await self._release_bearers(bye.call_id)
         if media:
             await self._release_media(media)
         dialog_id = common_pb2.DialogId(
@@ -725,6 +751,67 @@ class Sbc:
         except (MediaUnavailable, ParseError) as exc:
             log.warning("answer not anchored", extra={"error": str(exc)})
         self._final(ctx, response)
+
+    async def _setup_bearers(self, ctx: ProxyContext, response: Response) -> list[str]:
+        """QCI-1 bearers for both UEs, at once; a failure is logged and counted, and the call
+        goes on best-effort."""
+        imsis = [i for i in (ctx.caller_imsi, ctx.callee_imsi) if i]
+        if self.bearers is None or not imsis:
+            return []
+        call_id = ctx.request.call_id
+        dialog = common_pb2.DialogId(
+            call_id=call_id, from_tag=ctx.request.from_.tag or "", to_tag=response.to.tag or ""
+        )
+        outcomes = await asyncio.gather(
+            *(self.bearers.setup(imsi, dialog) for imsi in imsis), return_exceptions=True
+        )
+        ids: list[str] = []
+        for imsi, outcome in zip(imsis, outcomes, strict=True):
+            if isinstance(outcome, str):
+                ids.append(outcome)
+                self.calls_by_imsi.setdefault(imsi, set()).add(call_id)
+            else:
+                self.metrics.bearers_failed.add(1)
+                log.warning("no QCI-1 bearer, call goes on best-effort",
+                            extra={"imsi": imsi, "call_id": call_id, "error": str(outcome)})
+        if ids:
+            self.call_bearers[call_id] = ids
+        return ids
+
+    async def _release_bearers(self, call_id: str) -> None:
+        ids = self.call_bearers.pop(call_id, [])
+        for calls in self.calls_by_imsi.values():
+            calls.discard(call_id)
+        if self.bearers is None:
+            return
+        for bearer_id in ids:
+            try:
+                await self.bearers.release(bearer_id)
+            except BearerUnavailable as exc:
+                log.info("bearer not released", extra={"bearer": bearer_id, "error": str(exc)})
+
+    async def _watch_bearers(self) -> None:
+        """When an eNB goes, its UEs' calls end: BYE to both sides with a Reason."""
+        assert self.bearers is not None
+        lost = (bearer_pb2.BearerEvent.KIND_ENB_DISCONNECTED,
+                bearer_pb2.BearerEvent.KIND_BEARER_LOST)
+        while True:
+            try:
+                async for event in self.bearers.events():
+                    if event.kind in lost:
+                        for imsi in [*event.imsis, event.imsi]:
+                            for call_id in list(self.calls_by_imsi.pop(imsi, ())):
+                                self._end_call_by_id(call_id, "eNodeB lost")
+            except Exception:  # the stream broke: reconnect after a pause
+                log.info("bearer events interrupted", exc_info=True)
+            await asyncio.sleep(1.0)
+
+    def _end_call_by_id(self, call_id: str, text: str) -> None:
+        for key, call in list(self.calls.items()):
+            if call.call_id == call_id:
+                self._end_call(key, text)
+                return
+        self._spawn(self._release_bearers(call_id))
 
     def _release_media_later(self, ctx: ProxyContext) -> None:
         if ctx.media:
@@ -762,8 +849,10 @@ class Sbc:
                        reason)
         self._send_bye(call.caller_contact, call.callee_to, call.caller_from, call, call.caller,
                        reason)
-        log.info("call ended for media inactivity", extra={"call_id": call.call_id})
-        self._spawn(self._release_media(session))
+        log.info("call ended by the sbc", extra={"call_id": call.call_id, "reason": text})
+        self._spawn(self._release_bearers(call.call_id))
+        if not session.startswith("call:"):
+            self._spawn(self._release_media(session))
         self.metrics.active_calls.add(-1)
         dialog_id = common_pb2.DialogId(call_id=call.call_id)
         self._spawn(self._forget_dialog(dialog_id, call))

@@ -94,7 +94,10 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.values("via")]
+        values = self.headers.values("via")
+        if not values:
+            return []
+        return [self.top_via, *map(parse_via, values[1:])]  # the top one is parsed already
 
     @property
     def cseq(self) -> CSeq:
@@ -165,37 +168,50 @@ class Message:
     def validate(self) -> None:
         """Parse every header we know; raise ParseError on the first malformed one."""
         h = self.headers
-        for key in SINGLE_HEADERS:
-            if h.count(key) > 1:
-                raise ParseError(f"more than one {key.title()} header")
+        # One pass over the fields for the checks that look at all of them (this runs on
+        # every request from a UE): repeated single headers first, then empty list headers.
+        seen: set[str] = set()  # every key present: headers absent are not looked for below
+        repeated: str | None = None
+        empty: HeaderField | None = None
         for f in h:
-            if f.value == "" and f.key in LIST_HEADERS and f.key not in _MAY_BE_EMPTY:
-                raise ParseError(f"empty {f.name} header")
-        for via in h.values("via"):
-            parse_via(via)
-        self.from_, self.to, self.cseq  # noqa: B018 - parsing is the check
+            key = f.key
+            if key in SINGLE_HEADERS:
+                if key in seen and repeated is None:
+                    repeated = key
+            elif (
+                empty is None and f.value == "" and key in LIST_HEADERS
+                and key not in _MAY_BE_EMPTY
+            ):
+                empty = f
+            seen.add(key)
+        if repeated is not None:
+            raise ParseError(f"more than one {repeated.title()} header")
+        if empty is not None:
+            raise ParseError(f"empty {empty.name} header")
+        self.vias, self.from_, self.to, self.cseq  # noqa: B018 - parsing is the check
         word, at, host = self.call_id.partition("@")
         if WORD_RE.fullmatch(word) is None or (at and WORD_RE.fullmatch(host) is None):
             raise ParseError("bad Call-ID")
         self.max_forwards  # noqa: B018
         self.expires  # noqa: B018
         for name in ("route", "record-route", "path", "service-route", "p-asserted-identity"):
-            self.name_addrs(name)
-        contacts = self.contacts
+            if name in seen:
+                self.name_addrs(name)
+        contacts = self.contacts if "contact" in seen else []
         for contact in contacts or []:
             expires = contact.params.get("expires")
             if expires is not None and not expires.isdigit():
                 raise ParseError("bad Contact expires")
-        date = h.get("date")
+        date = h.get("date") if "date" in seen else None
         if date is not None and _DATE_RE.fullmatch(date) is None:
             raise ParseError("bad Date")
         for name in ("require", "proxy-require", "supported", "allow", "unsupported"):
-            for value in h.get_all(name):
+            for value in h.get_all(name) if name in seen else ():
                 if value == "" and name in _MAY_BE_EMPTY:
                     continue
                 if not all(is_token(token) for token in split_commas(value)):
                     raise ParseError(f"bad {name.title()} header")
-        ctype = h.get("content-type")
+        ctype = h.get("content-type") if "content-type" in seen else None
         if ctype is not None and "/" not in ctype:
             raise ParseError("bad Content-Type")
 

@@ -1,0 +1,65 @@
+"""The sbc's side of VoLTE bearers: QCI-1 dedicated bearers for both UEs of an answered call.
+
+The eNB agent (BearerControl) sends S1AP E-RAB Setup to the UE's eNodeB and answers when the
+eNB did. A bearer that cannot be set up is `BearerUnavailable` (the call goes on best-effort
+by default: logged and counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.sbc.state_client import trace_metadata
+from volte.v1 import bearer_pb2, bearer_pb2_grpc, common_pb2
+
+# G.711 at 20 ms on the radio side: 64 kbit/s of payload, the agent adds the overheads.
+CODEC_BPS = 64_000
+PTIME_MS = 20
+QCI_CONVERSATIONAL_VOICE = 1
+
+
+class BearerUnavailable(Exception):
+    """No bearer: the agent or the eNB refused, or did not answer in time."""
+
+
+class BearerClient:
+    def __init__(self, target: str, timeout: float) -> None:
+        self.channel = grpc.aio.insecure_channel(target)
+        self.stub = bearer_pb2_grpc.BearerControlStub(self.channel)
+        self.timeout = timeout
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def setup(self, imsi: str, dialog: common_pb2.DialogId) -> str:
+        """A QCI-1 bearer for the UE with `imsi`; returns its id."""
+        request = bearer_pb2.SetupBearerRequest(
+            imsi=imsi,
+            dialog=dialog,
+            qos=bearer_pb2.BearerQos(qci=QCI_CONVERSATIONAL_VOICE),
+            codec_bps=CODEC_BPS,
+            ptime_ms=PTIME_MS,
+        )
+        try:
+            reply = await self.stub.SetupBearer(
+                request, timeout=self.timeout, metadata=trace_metadata()
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise BearerUnavailable(f"{exc.code().name}: {exc.details()}") from None
+        return str(reply.bearer.bearer_id)
+
+    async def release(self, bearer_id: str, cause: str = "") -> None:
+        try:
+            await self.stub.ReleaseBearer(
+                bearer_pb2.ReleaseBearerRequest(bearer_id=bearer_id, cause=cause),
+                timeout=self.timeout,
+                metadata=trace_metadata(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise BearerUnavailable(f"{exc.code().name}: {exc.details()}") from None
+
+    async def events(self) -> AsyncIterator[bearer_pb2.BearerEvent]:
+        async for event in self.stub.WatchEvents(bearer_pb2.WatchBearerEventsRequest()):
+            yield event
