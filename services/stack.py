@@ -1,4 +1,4 @@
-"""The whole stack on one machine: redis-server, state, media, sbc as child processes.
+"""The whole stack on one machine: redis-server, state, media, enb-agent, sbc as child processes.
 
 Used by `volte up` and by the tests that need the real thing. Each service is started with
 flags, then awaited until its gRPC health service says SERVING; what was started is written to
@@ -25,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REDIS_INSTALL_HINT = "apt-get install redis-server   (or pass --redis redis://host:port/0)"
 DEFAULT_MEDIA_GRPC = "127.0.0.1:50071"
+DEFAULT_ENB_GRPC = "127.0.0.1:50081"
+DEFAULT_ENB_SCTP_PORT = 36412  # S1AP (TS 36.412)
 
 
 class StackError(RuntimeError):
@@ -71,11 +73,55 @@ class StackConfig:
     media_fastpath: str = "userspace"
     media_interface: str = ""
     extra_media_args: list[str] = field(default_factory=list)
+    # The enb-agent: eNodeBs connect to it over SCTP (S1AP) at enb_sctp_host:enb_sctp_port; the
+    # sbc asks it for bearers over gRPC at enb_grpc. enb_sctp_transport: "kernel", "userspace"
+    # (SCTP over UDP, RFC 6951: the same port number, UDP) or "auto" (kernel if it has SCTP).
+    # The default ports give way like media_grpc's when busy; the ones used are recorded here.
+    enb_grpc: str = DEFAULT_ENB_GRPC
+    enb_sctp_host: str = "127.0.0.1"
+    enb_sctp_port: int = DEFAULT_ENB_SCTP_PORT
+    enb_sctp_transport: str = "auto"
+    enb_plmn: str = "00101"
+    extra_enb_args: list[str] = field(default_factory=list)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sctp_kind(transport: str) -> str:
+    """What an SCTP port of the enb-agent occupies: kernel SCTP, or UDP for userspace SCTP."""
+    if transport == "auto":
+        from services.enb.sctp import kernel_sctp_available
+
+        transport = "kernel" if kernel_sctp_available() else "userspace"
+    return "SCTP" if transport == "kernel" else "UDP"
+
+
+def _sctp_socket(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+
+
+def sctp_port_busy(host: str, port: int, transport: str) -> bool:
+    if sctp_kind(transport) == "UDP":
+        return port_busy(host, port, socket.SOCK_DGRAM)
+    with _sctp_socket(host) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the agent binds
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_sctp_port(host: str, transport: str) -> int:
+    if sctp_kind(transport) == "UDP":
+        return free_port(socket.SOCK_DGRAM)
+    with _sctp_socket(host) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -132,10 +178,17 @@ class Stack:
         ]
         if c.media_grpc != DEFAULT_MEDIA_GRPC:  # the default gives way; see StackConfig
             grpc_ports.append(("media gRPC", c.media_grpc))
+        if c.enb_grpc != DEFAULT_ENB_GRPC:
+            grpc_ports.append(("enb-agent gRPC", c.enb_grpc))
         for what, address in grpc_ports:
             host, _, port = address.rpartition(":")
             if port_busy(host, int(port), socket.SOCK_STREAM):
                 raise StackError(f"{what} port {address} is in use")
+        if c.enb_sctp_port != DEFAULT_ENB_SCTP_PORT and sctp_port_busy(
+            c.enb_sctp_host, c.enb_sctp_port, c.enb_sctp_transport
+        ):
+            raise StackError(f"enb-agent S1AP port {c.enb_sctp_host}:{c.enb_sctp_port} "
+                             f"({sctp_kind(c.enb_sctp_transport)}) is in use")
         if not c.redis:
             if shutil.which("redis-server") is None:
                 raise StackError(f"redis-server is not installed: {REDIS_INSTALL_HINT}")
@@ -168,11 +221,18 @@ class Stack:
                 address=f"{c.media_bind}:{c.media_port_min}-{c.media_port_max}",
             )
             self._wait_serving("media", media_grpc, timeout)
+            enb_grpc, enb_port = self._enb_addresses()
+            self._spawn(
+                "enb-agent", self.enb_argv(enb_grpc, enb_port), grpc=enb_grpc,
+                address=f"{c.enb_sctp_host}:{enb_port}",
+            )
+            self._wait_serving("enb-agent", enb_grpc, timeout)
             sbc_args = [
                 sys.executable, "-m", "services.sbc", "--sip-listen", c.sip_host,
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
                 "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers),
-                "--nonce-secret", c.nonce_secret, "--media", media_grpc, *c.extra_sbc_args,
+                "--nonce-secret", c.nonce_secret, "--media", media_grpc, "--enb", enb_grpc,
+                *c.extra_sbc_args,
             ]
             if c.next_hop:
                 sbc_args += ["--next-hop", c.next_hop]
@@ -195,6 +255,27 @@ class Stack:
         if c.media_advertised:
             argv += ["--advertised", c.media_advertised]
         return [*argv, *c.extra_media_args]
+
+    def enb_argv(self, enb_grpc: str, sctp_port: int) -> list[str]:
+        """The enb-agent's command line for this config."""
+        c = self.config
+        return [sys.executable, "-m", "services.enb", "--grpc-listen", enb_grpc,
+                "--sctp-listen", c.enb_sctp_host, "--sctp-port", str(sctp_port),
+                "--sctp-transport", c.enb_sctp_transport, "--plmn", c.enb_plmn,
+                *c.extra_enb_args]
+
+    def _enb_addresses(self) -> tuple[str, int]:
+        """The enb-agent's gRPC address and SCTP port: the configured ones, or free ports where
+        a default is busy (another stack on this machine)."""
+        c = self.config
+        host, _, port = c.enb_grpc.rpartition(":")
+        if c.enb_grpc == DEFAULT_ENB_GRPC and port_busy(host, int(port), socket.SOCK_STREAM):
+            c.enb_grpc = f"{host}:{free_port()}"
+        if c.enb_sctp_port == DEFAULT_ENB_SCTP_PORT and sctp_port_busy(
+            c.enb_sctp_host, c.enb_sctp_port, c.enb_sctp_transport
+        ):
+            c.enb_sctp_port = free_sctp_port(c.enb_sctp_host, c.enb_sctp_transport)
+        return c.enb_grpc, c.enb_sctp_port
 
     def _media_grpc(self) -> str:
         """The media gRPC address: the configured one, or a free port if the default is busy."""

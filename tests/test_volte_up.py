@@ -151,7 +151,7 @@ def test_status_json_shows_each_service_serving(up: Up) -> None:
     rc, rows = status_json(up.run_dir)
     assert rc == 0
     by_service = {row["service"]: row for row in rows}
-    assert set(by_service) == {"redis", "state", "media", "sbc"}
+    assert set(by_service) == {"redis", "state", "media", "enb-agent", "sbc"}
     assert by_service["redis"]["status"] == "RUNNING"
     assert by_service["state"]["status"] == "SERVING"
     assert by_service["sbc"]["status"] == "SERVING"
@@ -166,8 +166,8 @@ def test_status_table(up: Up) -> None:
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     assert header.split() == ["SERVICE", "PID", "STATUS", "ADDRESS", "GRPC"]
-    assert [line.split()[0] for line in lines] == ["redis", "state", "media", "sbc"]
-    assert [line.split()[2] for line in lines] == ["RUNNING", "SERVING", "SERVING", "SERVING"]
+    assert [line.split()[0] for line in lines] == ["redis", "state", "media", "enb-agent", "sbc"]
+    assert [line.split()[2] for line in lines] == ["RUNNING"] + ["SERVING"] * 4
 
 
 def test_subscribers_provision_then_list(up: Up) -> None:
