@@ -70,17 +70,29 @@ class SipEndpoint:
         self, host: str, port: int, *, udp: bool = True, tcp: bool = True, reuse_port: bool = False
     ) -> Address:
         """Listen on UDP and/or TCP on the same port (port 0: the UDP socket picks it)."""
-        self._loop = asyncio.get_running_loop()
-        bound: Address | None = None
-        if udp:
-            bound = await self.transport.listen_udp(host, port, reuse_port=reuse_port)
-            port = bound[1]
-        if tcp:
-            tcp_bound = await self.transport.listen_tcp(host, port, reuse_port=reuse_port)
-            bound = bound or tcp_bound
-        if bound is None:
+        if not (udp or tcp):
             raise ValueError("listen on UDP, TCP or both")
-        return bound
+        self._loop = asyncio.get_running_loop()
+        # With port 0 the number the UDP socket got may be taken for TCP: try a few.
+        attempts = 10 if port == 0 and udp and tcp else 1
+        for attempt in range(attempts):
+            bound: Address | None = None
+            chosen = port
+            if udp:
+                bound = await self.transport.listen_udp(host, chosen, reuse_port=reuse_port)
+                chosen = bound[1]
+            if not tcp:
+                return bound  # type: ignore[return-value]
+            try:
+                tcp_bound = await self.transport.listen_tcp(host, chosen, reuse_port=reuse_port)
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+                if bound is not None:
+                    self.transport.close_udp(bound)
+                continue
+            return bound or tcp_bound
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._timer is not None:

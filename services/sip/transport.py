@@ -129,6 +129,11 @@ class SipTransport:
         self._tcp_servers.append(server)
         return server.sockets[0].getsockname()[:2]  # type: ignore[no-any-return]
 
+    def close_udp(self, local: Address) -> None:
+        transport = self._udp.pop(local, None)
+        if transport is not None:
+            transport.close()
+
     @property
     def udp_addresses(self) -> list[Address]:
         return list(self._udp)
