@@ -125,6 +125,17 @@ def free_sctp_port(host: str, transport: str) -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(count: int, kind: int = socket.SOCK_STREAM) -> int:
+    """The first of `count` consecutive free ports (sbc workers use base, base + 1, ...)."""
+    for _ in range(100):
+        base = free_port(kind)
+        if base + count <= 65535 and not any(
+            port_busy("127.0.0.1", base + i, kind) for i in range(1, count)
+        ):
+            return base
+    raise StackError(f"no run of {count} free ports found")
+
+
 def port_busy(host: str, port: int, kind: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
         if kind == socket.SOCK_STREAM:

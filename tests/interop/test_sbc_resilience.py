@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.stack import Stack, StackConfig, children, free_port
+from services.stack import Stack, StackConfig, children, free_port, free_port_run
 from services.subscribers import Provisioner
 from tests.interop.test_sbc_calls import FIRST, PASSWORD, Ue, finish
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sip_port=free_port(),
         redis_port=free_port(),
         state_grpc=f"127.0.0.1:{free_port()}",
-        sbc_grpc=f"127.0.0.1:{free_port()}",
+        sbc_grpc=f"127.0.0.1:{free_port_run(2)}",  # worker i listens on port + i
         sbc_workers=2,
         run_dir=str(tmp_path_factory.mktemp("stack")),
     )

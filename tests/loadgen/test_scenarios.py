@@ -22,7 +22,7 @@ import pytest
 
 from loadgen.cli import main
 from loadgen.scenarios import sbc_workers
-from services.stack import Stack, StackConfig, StackError, free_port, pid_alive
+from services.stack import Stack, StackConfig, StackError, free_port, free_port_run, pid_alive
 from services.subscribers import Provisioner
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -38,7 +38,7 @@ def start_stack(run_dir: str) -> Stack:
             sip_port=free_port(),
             redis_port=free_port(),
             state_grpc=f"127.0.0.1:{free_port()}",
-            sbc_grpc=f"127.0.0.1:{free_port()}",
+            sbc_grpc=f"127.0.0.1:{free_port_run(2)}",
             media_grpc=f"127.0.0.1:{free_port()}",
             media_port_min=44000,
             media_port_max=44999,
