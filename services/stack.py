@@ -232,12 +232,24 @@ class Stack:
                 address=f"{c.media_bind}:{c.media_port_min}-{c.media_port_max}",
             )
             self._wait_serving("media", media_grpc, timeout)
-            enb_grpc, enb_port = self._enb_addresses()
-            self._spawn(
-                "enb-agent", self.enb_argv(enb_grpc, enb_port), grpc=enb_grpc,
-                address=f"{c.enb_sctp_host}:{enb_port}",
-            )
-            self._wait_serving("enb-agent", enb_grpc, timeout)
+            chosen = c.enb_sctp_port == DEFAULT_ENB_SCTP_PORT or c.enb_grpc == DEFAULT_ENB_GRPC
+            asked = (c.enb_grpc, c.enb_sctp_port)
+            for attempt in range(3 if chosen else 1):
+                c.enb_grpc, c.enb_sctp_port = asked  # the defaults again: re-picked if busy
+                enb_grpc, enb_port = self._enb_addresses()
+                self._spawn(
+                    "enb-agent", self.enb_argv(enb_grpc, enb_port), grpc=enb_grpc,
+                    address=f"{c.enb_sctp_host}:{enb_port}",
+                )
+                try:
+                    self._wait_serving("enb-agent", enb_grpc, timeout)
+                    break
+                except StackError:
+                    # A port we picked as free was taken before the agent bound it (another
+                    # stack on this machine): pick again, a few times.
+                    if attempt == 2 or not chosen:
+                        raise
+                    self.procs.pop()
             sbc_args = [
                 sys.executable, "-m", "services.sbc", "--sip-listen", c.sip_host,
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
