@@ -306,11 +306,11 @@ class Sbc:
         return None
 
     def _looped(self, request: Request) -> bool:
+        ours = [via for via in request.vias if self._signed_by_us(via)]
+        if not ours:  # the usual case: no need to hash the loop key
+            return False
         key = "z9hG4bK" + self._loop_key(request)
-        return any(
-            self._signed_by_us(via) and (via.branch or "").startswith(key)
-            for via in request.vias
-        )
+        return any((via.branch or "").startswith(key) for via in ours)
 
     def _admit(self) -> bool:
         if self.draining or not self.overload.admit(time.monotonic()):

@@ -27,6 +27,7 @@ and RFC 5626 replacement.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import zlib
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ def nonce_count(impi: str, nonce: str) -> str:
     return f"{PREFIX}{shard(impi)}:nc:{impi}:{nonce}"
 
 
+@functools.lru_cache(maxsize=4096)  # Route compares every binding's address: parsed once
 def normal_ip(ip: str) -> str:
     """One spelling per address ("2001:0db8::1" and "2001:db8::1" are one source)."""
     try:
