@@ -18,7 +18,7 @@ import grpc
 from rich.console import Console
 
 from loadgen.config import SCENARIOS, LoadConfig, Mix, parse_address
-from loadgen.engine import LoadError, ScenarioEvent, run_async, run_load
+from loadgen.engine import Display, LoadError, Outcome, ScenarioEvent, run_async, run_load
 from loadgen.progress import PlainDisplay, QuietDisplay, RichDisplay
 from services import __version__
 from services.sip.transport import Address
@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale-out: offered rates, comma-separated")
     g.add_argument("--step-duration", type=_positive_float, default=10.0,
                    help="scale-out: seconds per step")
+    g.add_argument("--max-sbc-workers", type=_positive_int,
+                   help="scale-out: add sbc workers to the local stack, one after each "
+                        "saturated step, up to this many (default: one more than it runs)")
     g.add_argument("--window", type=_positive_float, default=60.0,
                    help="soak: seconds per summary window")
     g = p.add_argument_group("output")
@@ -279,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Console) -> int:
     from loadgen.report import build_report, summary, write_csv, write_json
-    from loadgen.scenarios import KillSbcWorker, stack_sbc_workers
+    from loadgen.scenarios import KillSbcWorker, LocalScaler, ScaleOnSaturation, stack_sbc_workers
 
     if args.provision:
         provision(config, state, console)
@@ -292,8 +295,21 @@ def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Conso
     target = ", ".join(f"{h}:{p}" for h, p in config.targets)
     console.print(f"loadgen {config.scenario}: {config.subscribers} UEs via {target}, "
                   f"domain {config.domain}, {config.workers} worker(s)", highlight=False)
-    outcome = run_async(run_load(config, _display(args.progress, console), event=event,
-                                 timeline=args.timeline or ""))
+    display: Display = _display(args.progress, console)
+    scaling: ScaleOnSaturation | None = None
+    if sbc_workers is not None:
+        scaling = ScaleOnSaturation(display, LocalScaler(config.run_dir), config.step_duration,
+                                    len(config.steps), args.max_sbc_workers or sbc_workers + 1)
+        display = scaling
+
+    async def load() -> Outcome:
+        outcome = await run_load(config, display, event=event, timeline=args.timeline or "")
+        if scaling is not None:
+            await scaling.finish()
+            outcome.events.extend(scaling.events)
+        return outcome
+
+    outcome = run_async(load())
     report = build_report(config, outcome, sbc_workers=sbc_workers)
     if args.report:
         write_json(report, args.report)

@@ -18,7 +18,6 @@ from rich.table import Table
 
 from loadgen.config import LoadConfig
 from loadgen.engine import Outcome
-from loadgen.scenarios import SCALE_NOTE
 from loadgen.stats import LATENCIES, Histogram, Results, Second, recovery_seconds
 from services import __version__
 
@@ -134,8 +133,8 @@ def build_report(
         },
         "events": outcome.events,
         "failover": _failover(config, r, outcome) if config.scenario == "failover" else None,
-        "scale_out": _scale_out(config, r, sbc_workers) if config.scenario == "scale-out"
-        else None,
+        "scale_out": _scale_out(config, r, sbc_workers, outcome.events)
+        if config.scenario == "scale-out" else None,
         "soak": _soak(config, r) if config.scenario == "soak" else None,
         "timeseries": series,
     }
@@ -201,7 +200,12 @@ def _merge_seconds(r: Results, first: int, last: int) -> Second:
     return total
 
 
-def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None) -> dict[str, Any]:
+def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None,
+               events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per step: offered and achieved CPS, latency, whether it saturated, and the sbc worker
+    count it ran with (the controller scales after a saturated step: events of kind scale)."""
+    scales = sorted((e for e in events if e.get("kind") == "scale" and "error" not in e),
+                    key=lambda e: int(e["after_step"]))
     steps: list[dict[str, Any]] = []
     base_p99: float | None = None
     saturated_at: int | None = None
@@ -226,22 +230,46 @@ def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None) -> dict[str, 
             reasons.append("setup p99 more than doubled")
         if reasons and saturated_at is None:
             saturated_at = i
+        workers = sbc_workers
+        for e in scales:
+            if int(e["after_step"]) < i:
+                workers = int(e["workers_after"])
+            elif workers is None:
+                workers = int(e["workers_before"])
         steps.append({
-            "step": i, "from_s": first, "to_s": last, "rate": rate,
+            "step": i, "from_s": first, "to_s": last, "rate": rate, "sbc_workers": workers,
             "offered_cps": round(offered, 3), "achieved_cps": round(achieved, 3),
             "failed": s.started_failed, "failed_ratio": _ratio(s.started_failed, started),
             "rejected_503": s.rejected_503, "setup_p50_ms": _round(s.setup.percentile(0.5)),
             "setup_p99_ms": _round(p99), "saturated": bool(reasons), "why": reasons,
         })
-    best = max((float(s["achieved_cps"]) for s in steps), default=0.0)
+    by_workers: dict[str, float] = {}
+    for step in steps:
+        if step["sbc_workers"]:
+            key = str(step["sbc_workers"])
+            by_workers[key] = max(by_workers.get(key, 0.0), float(step["achieved_cps"]))
+    failed = [e for e in events if e.get("kind") == "scale" and "error" in e]
+    if scales:
+        action = "; ".join(f"after step {e['after_step']} ({', '.join(e['why'])}): "
+                           f"{e['what']}" for e in scales)
+    elif failed:
+        action = failed[0]["what"]
+    elif sbc_workers is None:
+        action = "no local stack in --run-dir to scale: achieved CPS per step at fixed capacity"
+    elif saturated_at is None:
+        action = "no step saturated the sbc: nothing to scale"
+    else:
+        action = (f"the sbc saturated, but {sbc_workers} worker(s) is the most "
+                  "--max-sbc-workers allows: not scaled")
     return {
         "sbc_workers": sbc_workers,
+        "sbc_workers_at_end": int(scales[-1]["workers_after"]) if scales else sbc_workers,
         "steps": steps,
         "saturated_at_step": saturated_at,
-        "max_achieved_cps": best,
-        "cps_by_workers": {str(sbc_workers): best} if sbc_workers else {},
-        "scaled": False,
-        "action": SCALE_NOTE,
+        "max_achieved_cps": max((float(s["achieved_cps"]) for s in steps), default=0.0),
+        "cps_by_workers": by_workers,
+        "scaled": bool(scales),
+        "action": action,
     }
 
 
@@ -386,16 +414,19 @@ def summary(report: dict[str, Any], console: Console) -> None:
         )
     if report["scale_out"]:
         s = report["scale_out"]
-        table = Table(title=f"scale-out (sbc workers: {s['sbc_workers'] or '?'})",
-                      title_justify="left")
-        for col in ("step", "offered cps", "achieved cps", "p99 setup ms", "503", "saturated"):
+        table = Table(title="scale-out", title_justify="left")
+        for col in ("step", "sbc workers", "offered cps", "achieved cps", "p99 setup ms", "503",
+                    "saturated"):
             table.add_column(col, justify="right")
         for step in s["steps"]:
-            table.add_row(str(step["step"]), f"{step['offered_cps']:.1f}",
+            table.add_row(str(step["step"]), str(step["sbc_workers"] or "?"),
+                          f"{step['offered_cps']:.1f}",
                           f"{step['achieved_cps']:.1f}", str(step["setup_p99_ms"]),
                           str(step["rejected_503"]), ", ".join(step["why"]) or "no")
         console.print(table)
         console.print(f"scale-out: {s['action']}")
+        console.print("achieved cps by sbc workers: " + ", ".join(
+            f"{w}: {cps:.1f}" for w, cps in s["cps_by_workers"].items()), highlight=False)
     for name, t in report["thresholds"].items():
         verdict = "EXCEEDED" if t["exceeded"] else "ok"
         console.print(f"threshold {name}: limit {t['limit']}, measured {t['value']}: {verdict}")

@@ -5,31 +5,29 @@ is killed (SIGKILL by default), found as `volte status` finds it: a child of the
 supervisor named in `<run-dir>/stack.json`. The sbc's supervisor restarts it; the report says
 what the kill cost.
 
-scale-out (local): the offered rate climbs in `--steps`; the report gives achieved CPS and
-setup latency per step and names the first step where the sbc saturated (503s, setup p99
-climbing, or achieved well below offered). Adding an sbc worker at that point needs a
-`volte scale sbc N` command, which does not exist yet, and restarting the stack with more
-workers would measure a restart rather than a scale-out: so this scenario does not scale, and
-its report says so (`scale_out.action`).
+scale-out (local): the offered rate climbs in `--steps`. The controller watches the live
+counters; when a step ends saturated (failed setups, 503s among them, or achieved below 95% of
+offered) it adds an sbc worker to the running stack as `volte scale sbc N+1` does (up to
+`--max-sbc-workers`), and the load goes on at the next step. The report gives achieved CPS and
+setup latency per step, the worker count each step ran with, and the best CPS per worker count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from loadgen.engine import LoadError
-from services.stack import Stack, children, proc_alive
+from loadgen.engine import Display, LoadError, Snapshot
+from services.stack import Stack, StackError, children, proc_alive
 
 SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
-SCALE_NOTE = (
-    "no worker was added: scale-out needs `volte scale sbc N` (adding an sbc worker to a "
-    "running stack), which does not exist yet, and restarting the stack with more workers "
-    "would measure a restart, not a scale-out; this run reports achieved CPS per offered-rate "
-    "step at a fixed worker count"
-)
+# A step is saturated when more than this share of its offers failed, or it achieved less than
+# ACHIEVED_SHARE of what it offered, allowing for the last second's offers still in setup.
+FAILED_SHARE = 0.001
+ACHIEVED_SHARE = 0.95
 
 
 def sbc_workers(run_dir: str) -> list[int]:
@@ -84,3 +82,107 @@ def stack_sbc_workers(run_dir: str) -> int | None:
         return len(sbc_workers(run_dir)) or 1
     except LoadError:
         return None
+
+
+class Scaler(Protocol):
+    """Adds sbc capacity: workers of the local stack (or replicas on Kubernetes)."""
+
+    def current(self) -> int: ...
+
+    def scale(self, count: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class LocalScaler:
+    """The sbc workers of the `volte up` stack in `run_dir`, as `volte scale sbc N`."""
+
+    run_dir: str
+
+    def _stack(self) -> Stack:
+        stack = Stack.load(self.run_dir)
+        if stack is None:
+            raise LoadError(f"no stack in {self.run_dir} (no stack.json): start one with "
+                            "`volte up`, or pass --run-dir")
+        return stack
+
+    def current(self) -> int:
+        return len(sbc_workers(self.run_dir))
+
+    def scale(self, count: int) -> dict[str, Any]:
+        try:
+            before, after = self._stack().scale_sbc(count)
+        except StackError as exc:
+            return {"kind": "scale", "target": "sbc-workers", "error": str(exc),
+                    "what": f"scaling the sbc to {count} workers failed: {exc}"}
+        return {"kind": "scale", "target": "sbc-workers", "workers_before": before,
+                "workers_after": after, "what": f"sbc scaled from {before} to {after} workers"}
+
+
+def step_saturated(offered: float, achieved: float, failed: float,
+                   seconds: float) -> list[str]:
+    """Why a step of `seconds` counts as saturated (empty: it was not), from its counters."""
+    why = []
+    if failed > max(0.0, FAILED_SHARE * offered):
+        why.append(f"{failed:.0f} failed setups")
+    if offered and achieved < ACHIEVED_SHARE * offered - offered / max(seconds, 1.0):
+        why.append(f"achieved {achieved:.0f} < {ACHIEVED_SHARE:.0%} of {offered:.0f} offered")
+    return why
+
+
+@dataclass
+class ScaleOnSaturation:
+    """A Display in front of the real one: at each step's end it checks the step's counters
+    and, if the step saturated, scales the sbc out by one (off the event loop: scaling waits
+    for the new worker to report SERVING), at most up to `max_workers`."""
+
+    inner: Display
+    scaler: Scaler
+    step_duration: float
+    steps: int
+    max_workers: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+    _step: int = 0
+    _at_step_start: Snapshot = field(default_factory=dict)
+    _workers: int = 0
+    _scaling: asyncio.Future[None] | None = None
+
+    def start(self, planned_seconds: float, what: str) -> None:
+        self._workers = self.scaler.current()
+        self.inner.start(planned_seconds, what)
+
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    def update(self, snapshot: Snapshot) -> None:
+        self.inner.update(snapshot)
+        t = snapshot.get("t", 0.0)
+        if self._step >= self.steps or t < (self._step + 1) * self.step_duration:
+            return
+        ended, self._step = self._step, self._step + 1
+        start, self._at_step_start = self._at_step_start, dict(snapshot)
+
+        def delta(key: str) -> float:
+            return snapshot.get(key, 0.0) - start.get(key, 0.0)
+
+        why = step_saturated(delta("offered"), delta("achieved"), delta("failed"),
+                             self.step_duration)
+        busy = self._scaling is not None and not self._scaling.done()
+        if why and not busy and self._workers < self.max_workers and self._step < self.steps:
+            self._scaling = asyncio.ensure_future(self._scale(ended, t, why))
+
+    async def _scale(self, step: int, t: float, why: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        target = self._workers + 1
+        event = await loop.run_in_executor(None, self.scaler.scale, target)
+        event.update({"t_s": round(t, 3), "after_step": step, "why": why})
+        if "error" not in event:
+            self._workers = target
+        self.events.append(event)
+        self.inner.note(f"t={t:.1f}s step {step} saturated ({'; '.join(why)}): {event['what']}")
+
+    async def finish(self) -> None:
+        if self._scaling is not None:
+            await asyncio.gather(self._scaling, return_exceptions=True)

@@ -507,6 +507,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    opts = _options(args, RunDirOptions)
+    stack = _load(opts.run_dir)
+    if stack is None:
+        raise CliError(f"nothing running (no stack.json in {opts.run_dir}): `volte up` first")
+    started = time.monotonic()
+    before, after = stack.scale_sbc(args.workers, timeout=args.timeout)
+    took = time.monotonic() - started
+    print(f"sbc: {before} -> {after} worker(s), all SERVING ({took:.1f} s)")
+    return 0
+
+
 # -- volte subscribers ------------------------------------------------------------------------
 @contextlib.contextmanager
 def _state_errors(address: str) -> Iterator[None]:
@@ -638,6 +650,16 @@ def build_parser() -> argparse.ArgumentParser:
         "show each process of the stack; exit 0 all serving, 1 some not, 3 nothing running",
     )
     status.add_argument("--json", action="store_true", help="a JSON list, one object a process")
+
+    scale = _command(
+        commands, "scale", cmd_scale, RunDirOptions,
+        "add or remove sbc workers of the running stack (they share the SIP port); removed "
+        "workers drain their transactions first",
+    )
+    scale.add_argument("service", choices=("sbc",), help="what to scale (only the sbc has workers)")
+    scale.add_argument("workers", type=_positive, help="how many workers it should run")
+    scale.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for the workers to report SERVING")
 
     subs = commands.add_parser(
         "subscribers", help="provision, add, list or delete subscribers in the state store",

@@ -253,7 +253,7 @@ class Stack:
             sbc_args = [
                 sys.executable, "-m", "services.sbc", "--sip-listen", c.sip_host,
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
-                "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers),
+                "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers), "--supervise",
                 "--nonce-secret", c.nonce_secret, "--media", media_grpc, "--enb", enb_grpc,
                 *c.extra_sbc_args,
             ]
@@ -344,6 +344,47 @@ class Stack:
                 return
             time.sleep(0.2)
         raise StackError(f"{service} did not report SERVING on {address} within {timeout:.0f} s")
+
+    # -- scale ----------------------------------------------------------------------------------
+    def sbc_worker_grpc(self, index: int) -> str:
+        """Worker `index` of the sbc serves admin + health gRPC on the base port + index."""
+        host, _, port = self.config.sbc_grpc.rpartition(":")
+        return f"{host}:{int(port) + index}"
+
+    def scale_sbc(self, workers: int, timeout: float = 30.0) -> tuple[int, int]:
+        """Run `workers` sbc workers: the supervisor adds one per SIGTTIN and drains the newest
+        per SIGTTOU. Returns (before, after) once the new count runs and every worker reports
+        SERVING; records the count in stack.json."""
+        if workers < 1:
+            raise StackError(f"scale sbc {workers}: at least 1 worker")
+        sbc = next((p for p in self.procs if p.service == "sbc" and proc_alive(p)), None)
+        if sbc is None:
+            raise StackError(f"no running sbc in {self.run_dir}: `volte up` first")
+        if "--supervise" not in sbc.argv and self.config.sbc_workers == 1:
+            raise StackError("this sbc runs without a supervisor (started by an older volte): "
+                             "restart the stack to scale it")
+        before = len(children(sbc.pid))
+        for index in range(before, workers):
+            address = self.sbc_worker_grpc(index)
+            host, _, port = address.rpartition(":")
+            if port_busy(host, int(port), socket.SOCK_STREAM):
+                raise StackError(f"sbc worker {index} would serve gRPC on {address}, which is "
+                                 "in use: free it, or start the stack with --sbc-grpc elsewhere")
+        deadline = time.monotonic() + timeout
+        while (count := len(children(sbc.pid))) != workers:
+            # One signal at a time: signals of one kind sent together merge into one.
+            os.kill(sbc.pid, signal.SIGTTIN if count < workers else signal.SIGTTOU)
+            while len(children(sbc.pid)) == count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                raise StackError(f"the sbc did not reach {workers} workers within "
+                                 f"{timeout:.0f} s (it runs {count}); see {sbc.log}")
+        for index in range(workers):
+            self._wait_serving("sbc", self.sbc_worker_grpc(index),
+                               max(1.0, deadline - time.monotonic()))
+        self.config.sbc_workers = workers
+        self._save()
+        return before, workers
 
     # -- state file, status, stop ---------------------------------------------------------------
     def _save(self) -> None:

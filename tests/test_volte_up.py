@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,7 +152,8 @@ def test_status_json_shows_each_service_serving(up: Up) -> None:
     rc, rows = status_json(up.run_dir)
     assert rc == 0
     by_service = {row["service"]: row for row in rows}
-    assert set(by_service) == {"redis", "state", "media", "enb-agent", "sbc"}
+    # The sbc is a supervisor with one worker, so that `volte scale` can add more.
+    assert set(by_service) == {"redis", "state", "media", "enb-agent", "sbc", "sbc-worker"}
     assert by_service["redis"]["status"] == "RUNNING"
     assert by_service["state"]["status"] == "SERVING"
     assert by_service["sbc"]["status"] == "SERVING"
@@ -166,8 +168,9 @@ def test_status_table(up: Up) -> None:
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     assert header.split() == ["SERVICE", "PID", "STATUS", "ADDRESS", "GRPC"]
-    assert [line.split()[0] for line in lines] == ["redis", "state", "media", "enb-agent", "sbc"]
-    assert [line.split()[2] for line in lines] == ["RUNNING"] + ["SERVING"] * 4
+    assert [line.split()[0] for line in lines] == ["redis", "state", "media", "enb-agent", "sbc",
+                                                   "sbc-worker"]
+    assert [line.split()[2] for line in lines] == ["RUNNING"] + ["SERVING"] * 5
 
 
 def test_subscribers_provision_then_list(up: Up) -> None:
@@ -194,7 +197,8 @@ def test_subscribers_add_and_delete(up: Up) -> None:
     assert_one_line_error(again, "no subscriber 4711")
 
 
-def test_sip_options_over_udp_gets_200(up: Up) -> None:
+def sip_options(sip_port: int) -> bytes:
+    """One OPTIONS over UDP from a fresh source port; the sbc's reply (or AssertionError)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(5)
@@ -210,10 +214,14 @@ def test_sip_options_over_udp_gets_200(up: Up) -> None:
             "CSeq: 1 OPTIONS\r\n"
             "Content-Length: 0\r\n\r\n"
         )
-        sock.sendto(request.encode(), ("127.0.0.1", up.ports.sip))
+        sock.sendto(request.encode(), ("127.0.0.1", sip_port))
         reply, _ = sock.recvfrom(65535)
-    assert reply.startswith(b"SIP/2.0 200"), reply
     assert call_id.encode() in reply
+    return reply
+
+
+def test_sip_options_over_udp_gets_200(up: Up) -> None:
+    assert sip_options(up.ports.sip).startswith(b"SIP/2.0 200")
 
 
 def test_second_up_in_the_same_run_dir_is_refused(up: Up) -> None:
@@ -247,6 +255,58 @@ def test_up_detach_with_workers_then_down(run_dir: Path) -> None:
     again = volte("down", "--run-dir", str(run_dir))
     assert again.returncode == 0
     assert "nothing running" in again.stdout
+
+
+def udp_listeners(port: int) -> set[int]:
+    """The pids holding a UDP socket bound to 127.0.0.1:port (ss, from iproute2)."""
+    out = subprocess.run(["ss", "-Hulnp", f"sport = :{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def sbc_workers(run_dir: Path) -> list[int]:
+    return [int(str(row["pid"])) for row in status_json(run_dir)[1]
+            if row["service"] == "sbc-worker"]
+
+
+def test_scale_sbc_out_and_in_while_it_serves(run_dir: Path) -> None:
+    ports = Ports(workers=3)  # worker i serves gRPC on --sbc-grpc's port + i
+    result = volte("up", "--detach", "--run-dir", str(run_dir), *ports.args())
+    assert result.returncode == 0, result.stderr
+    first = sbc_workers(run_dir)
+    assert len(first) == 1
+
+    out = volte("scale", "sbc", "3", "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("sbc: 1 -> 3 worker(s), all SERVING")
+    workers = sbc_workers(run_dir)
+    assert len(workers) == 3 and first[0] in workers  # the first worker was left alone
+    assert udp_listeners(ports.sip) >= set(workers)  # all three share the SIP port
+    # Sources spread over the workers by the kernel's hash: every OPTIONS is answered.
+    assert all(sip_options(ports.sip).startswith(b"SIP/2.0 200") for _ in range(30))
+    assert Stack.load(str(run_dir)).config.sbc_workers == 3  # type: ignore[union-attr]
+
+    out = volte("scale", "sbc", "1", "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("sbc: 3 -> 1 worker(s)")
+    assert sbc_workers(run_dir) == first  # the newest drained, the first kept
+    assert all(sip_options(ports.sip).startswith(b"SIP/2.0 200") for _ in range(10))
+    assert volte("down", "--run-dir", str(run_dir)).returncode == 0
+
+
+def test_scale_without_a_stack_or_onto_a_busy_port(run_dir: Path) -> None:
+    assert_one_line_error(volte("scale", "sbc", "2", "--run-dir", str(run_dir)),
+                          "nothing running", "volte up")
+    ports = Ports(workers=2)
+    result = volte("up", "--detach", "--run-dir", str(run_dir), *ports.args())
+    assert result.returncode == 0, result.stderr
+    with socket.socket() as holder:  # worker 1's gRPC port
+        holder.bind(("127.0.0.1", ports.sbc + 1))
+        holder.listen()
+        busy = volte("scale", "sbc", "2", "--run-dir", str(run_dir))
+    assert_one_line_error(busy, f"127.0.0.1:{ports.sbc + 1}", "in use")
+    assert len(sbc_workers(run_dir)) == 1  # nothing changed
+    assert volte("down", "--run-dir", str(run_dir)).returncode == 0
 
 
 def _foreground(run_dir: Path, ports: Ports) -> subprocess.Popen[str]:

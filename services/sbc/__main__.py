@@ -1,8 +1,9 @@
 """`python -m services.sbc`: the P-CSCF / signalling SBC (options: --help, or VOLTE_* variables).
 
-With `--workers N` this process is a supervisor: it starts N worker processes that share the
-SIP port (SO_REUSEPORT), each with its own admin/health gRPC port (the base port + index),
-restarts a worker that dies, and forwards SIGTERM for a graceful drain.
+With `--workers N` (N > 1) or `--supervise` this process is a supervisor: it starts N worker
+processes that share the SIP port (SO_REUSEPORT), each with its own admin/health gRPC port (the
+base port + index), restarts a worker that dies, adds a worker on SIGTTIN and drains the newest
+on SIGTTOU (`volte scale sbc N`), and forwards SIGTERM for a graceful drain.
 """
 
 from __future__ import annotations
@@ -150,35 +151,63 @@ async def serve(config: SbcConfig) -> int:
     return 0
 
 
-def supervise(config: SbcConfig, argv: Sequence[str]) -> int:
-    """Run `config.workers` worker processes on one SIP port; restart any that dies."""
-    def spawn(index: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "VOLTE_WORKER_INDEX": str(index), "VOLTE_WORKERS": str(config.workers)}
-        return subprocess.Popen([sys.executable, "-m", "services.sbc", *argv], env=env)
+class Supervisor:
+    """Keeps `desired` worker processes on one SIP port: restarts any that dies, adds one on
+    SIGTTIN and drains the newest on SIGTTOU (as gunicorn does), drains all on SIGTERM."""
 
-    workers = {i: spawn(i) for i in range(config.workers)}
-    stopping = False
+    def __init__(self, config: SbcConfig, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.desired = max(1, config.workers)
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.retiring: set[int] = set()
+        self.stopping = False
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in workers.values():
-            proc.send_signal(signal.SIGTERM)
+    def spawn(self, index: int) -> None:
+        env = {**os.environ, "VOLTE_WORKER_INDEX": str(index), "VOLTE_SUPERVISE": "1"}
+        self.workers[index] = subprocess.Popen([sys.executable, "-m", "services.sbc", *self.argv],
+                                               env=env)
+        log.info("worker started", extra={"worker": index, "pid": self.workers[index].pid})
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while True:
-        for index, proc in list(workers.items()):
+    def on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGTTIN:
+            self.desired += 1
+        elif signum == signal.SIGTTOU:
+            self.desired = max(1, self.desired - 1)
+        else:
+            self.stopping = True
+            for proc in self.workers.values():
+                proc.send_signal(signal.SIGTERM)
+
+    def step(self) -> None:
+        for index, proc in list(self.workers.items()):
             if proc.poll() is None:
                 continue
-            if stopping:
-                del workers[index]
-                continue
-            log.warning("worker died, restarting", extra={"worker": index, "rc": proc.returncode})
-            workers[index] = spawn(index)
-        if stopping and not workers:
-            return 0
-        time.sleep(0.2)
+            del self.workers[index]
+            if self.stopping or index in self.retiring:
+                self.retiring.discard(index)
+                log.info("worker stopped", extra={"worker": index, "rc": proc.returncode})
+            else:
+                log.warning("worker died, restarting",
+                            extra={"worker": index, "rc": proc.returncode})
+        if self.stopping:
+            return
+        for index in range(self.desired):
+            if index not in self.workers:
+                self.spawn(index)
+        for index, proc in self.workers.items():
+            if index >= self.desired and index not in self.retiring:
+                log.info("worker draining (scaled in)", extra={"worker": index})
+                self.retiring.add(index)
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, self.on_signal)
+        while True:
+            self.step()
+            if self.stopping and not self.workers:
+                return 0
+            time.sleep(0.2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load(SbcConfig, args, prog="python -m services.sbc",
                   description="volte sbc: P-CSCF / signalling SBC")
     setup_logging("sbc", config.log_level)
-    if config.workers > 1 and "VOLTE_WORKER_INDEX" not in os.environ:
-        return supervise(config, args)
+    if config.shared_port and "VOLTE_WORKER_INDEX" not in os.environ:
+        return Supervisor(config, args).run()
     # Before asyncio.run: a policy set once the loop runs (as serve() used to) has no effect
     # on that loop, and the sbc ran on the pure-Python selector loop.
     install_event_loop_policy()

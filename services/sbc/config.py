@@ -51,12 +51,23 @@ class SbcConfig:
     overload_initial_rate: float = option(2000.0, "initial admitted new requests per second")
     workers: int = option(1, "worker processes sharing the SIP port (SO_REUSEPORT)")
     worker_index: int = option(0, "set by the parent for each worker (0: the only one)")
+    supervise: bool = option(
+        False,
+        "run the workers under a supervisor even with --workers 1, so that workers can be "
+        "added and removed while running (SIGTTIN/SIGTTOU to it; `volte scale sbc N`)",
+    )
     instance_id: str = option("", "name of this instance (default: host-pid)")
     log_level: str = option("INFO", "log level")
 
     @property
     def advertised(self) -> str:
         return self.advertised_host or self.sip_listen
+
+    @property
+    def shared_port(self) -> bool:
+        """Other workers may listen on the SIP port too (SO_REUSEPORT): replies to what this
+        worker forwards must come to a port of its own."""
+        return self.workers > 1 or self.supervise
 
     @property
     def digest_algorithm_list(self) -> list[str]:

@@ -167,7 +167,7 @@ class Sbc:
 
     async def start(self) -> None:
         bound = await self.endpoint.listen(
-            self.config.sip_listen, self.config.sip_port, reuse_port=self.config.workers > 1
+            self.config.sip_listen, self.config.sip_port, reuse_port=self.config.shared_port
         )
         self.port = bound[1]
         self.via_port = self.port
@@ -175,7 +175,7 @@ class Sbc:
             self._spawn(self._watch_media())
         if self.bearers is not None:
             self._spawn(self._watch_bearers())
-        if self.config.workers > 1:
+        if self.config.shared_port:
             own = await self.endpoint.transport.listen_udp(self.config.sip_listen, 0)
             self.via_port = own[1]
 

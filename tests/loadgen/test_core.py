@@ -15,6 +15,7 @@ from loadgen.agent import CallRecord, LoadUe
 from loadgen.config import CallKind, LoadConfig, Mix, parse_address
 from loadgen.engine import Outcome, Worker
 from loadgen.report import CSV_COLUMNS, build_report, write_csv, write_json
+from loadgen.scenarios import step_saturated
 from loadgen.stats import Histogram, Results, merge_all, recovery_seconds
 
 # -- configuration ------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def test_report_has_the_documented_keys(tmp_path) -> None:
     assert rows[1]["rejected_503"] == "1" and rows[1]["success_ratio"] == "0.9"
 
 
-def test_scale_out_report_names_the_saturated_step_and_does_not_claim_scaling() -> None:
+def test_scale_out_report_names_the_saturated_step_and_the_workers_per_step() -> None:
     config = LoadConfig("scale-out", steps=(10, 20, 30), step_duration=1)
     r = Results(load_seconds=3.0)
     for k, (achieved, p99, rejected) in enumerate(((10, 20.0, 0), (20, 25.0, 0),
@@ -260,8 +261,25 @@ def test_scale_out_report_names_the_saturated_step_and_does_not_claim_scaling() 
     scale = report["scale_out"]
     assert scale["saturated_at_step"] == 2
     assert scale["steps"][2]["why"][0] == "4 x 503"
-    assert scale["scaled"] is False and "volte scale" in scale["action"]
+    assert scale["scaled"] is False and "not scaled" in scale["action"]
     assert scale["cps_by_workers"] == {"2": 22.0}
+    # The same run, had the controller added a worker after step 1:
+    event = {"kind": "scale", "after_step": 1, "workers_before": 2, "workers_after": 3,
+             "why": ["achieved 15 < 95% of 20 offered"], "what": "sbc scaled from 2 to 3 workers"}
+    scale = build_report(config, Outcome(r, [event]), sbc_workers=2)["scale_out"]
+    assert [s["sbc_workers"] for s in scale["steps"]] == [2, 2, 3]
+    assert scale["scaled"] is True and scale["sbc_workers_at_end"] == 3
+    assert scale["cps_by_workers"] == {"2": 20.0, "3": 22.0}
+    assert scale["action"].startswith("after step 1 (achieved 15")
+
+
+def test_a_step_is_saturated_by_failures_or_a_shortfall() -> None:
+    assert step_saturated(offered=100, achieved=99, failed=0, seconds=10) == []
+    # The last second's offers may still be in setup when the step ends:
+    assert step_saturated(offered=100, achieved=86, failed=0, seconds=10) == []
+    assert step_saturated(offered=100, achieved=84, failed=0, seconds=10) == [
+        "achieved 84 < 95% of 100 offered"]
+    assert step_saturated(offered=100, achieved=99, failed=1, seconds=10) == ["1 failed setups"]
 
 
 # -- the command line ---------------------------------------------------------------------------

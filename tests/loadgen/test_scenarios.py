@@ -227,7 +227,7 @@ def test_ues_move_to_their_secondary_pcscf(stack: Stack, tmp_path: Path) -> None
     assert regs["succeeded"] == 4 and regs["moved_to_secondary"] == 4
 
 
-def test_scale_out_reports_cps_per_step_and_says_it_did_not_scale(
+def test_scale_out_reports_cps_per_step_and_scales_only_when_saturated(
     stack: Stack, tmp_path: Path
 ) -> None:
     code, report = loadgen(
@@ -238,10 +238,56 @@ def test_scale_out_reports_cps_per_step_and_says_it_did_not_scale(
     assert code == 0
     scale = report["scale_out"]
     assert scale["sbc_workers"] == 2 and scale["scaled"] is False
-    assert "volte scale" in scale["action"]
+    assert scale["action"] == "no step saturated the sbc: nothing to scale"
     assert [s["rate"] for s in scale["steps"]] == [5, 10]
+    assert [s["sbc_workers"] for s in scale["steps"]] == [2, 2]
+    assert len(sbc_workers(stack.config.run_dir)) == 2
     assert scale["steps"][1]["achieved_cps"] > scale["steps"][0]["achieved_cps"]
     assert valid_png(tmp_path / "plots" / "report.png")
+
+
+def test_scale_out_adds_an_sbc_worker_when_a_step_saturates(tmp_path: Path) -> None:
+    """One sbc worker admitting about 8 new requests/s (its overload control's starting rate):
+    the 14 cps step gets 503s, loadgen adds a worker (`volte scale sbc 2`), the next step runs
+    on two workers with fewer 503s."""
+    for attempt in range(3):
+        config = StackConfig(
+            sip_port=free_port(), redis_port=free_port(), state_grpc=f"127.0.0.1:{free_port()}",
+            sbc_grpc=f"127.0.0.1:{free_port_run(2)}", media_grpc=f"127.0.0.1:{free_port()}",
+            media_port_min=44000, media_port_max=44999, run_dir=str(tmp_path / "stack"),
+            extra_sbc_args=["--overload-initial-rate", "8"],
+        )
+        one = Stack(config)
+        try:
+            one.start()
+            break
+        except StackError:
+            if attempt == 2:
+                raise
+    try:
+        provisioner = Provisioner(config.state_grpc)
+        provisioner.provision(12, FIRST, config.domain, PASSWORD)
+        provisioner.close()
+        code, report = loadgen(
+            # Registering goes through the same admission (twice per UE, with the challenge):
+            # slowly, so that every UE registers before the load.
+            one, tmp_path, "scale-out", "--subscribers", "12", "--start", str(FIRST),
+            "--register-rate", "3", "--no-clear-bindings", "--steps", "3,14,14",
+            "--step-duration", "4", "--hold", "0.3", "--no-media", "--max-sbc-workers", "2",
+        )
+        assert report, f"loadgen exited {code} without a report"
+        scale = report["scale_out"]
+        assert scale["sbc_workers"] == 1 and scale["scaled"] is True, scale["action"]
+        event = next(e for e in report["events"] if e["kind"] == "scale")
+        assert event["after_step"] == 1 and event["workers_after"] == 2
+        assert [s["sbc_workers"] for s in scale["steps"]] == [1, 1, 2]
+        assert scale["steps"][1]["rejected_503"] > 0
+        assert scale["steps"][2]["rejected_503"] < scale["steps"][1]["rejected_503"]
+        assert set(scale["cps_by_workers"]) == {"1", "2"}
+        assert scale["sbc_workers_at_end"] == 2
+        assert len(sbc_workers(config.run_dir)) == 2  # the stack runs two workers now
+    finally:
+        one.stop()
 
 
 def test_failover_needs_a_stack_to_kill_in(tmp_path: Path) -> None:
