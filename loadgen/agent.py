@@ -138,6 +138,7 @@ class LoadUe(Ue):
         super().__init__(number, password, domain=domain, proxy=proxies[0])
         self.proxies = list(proxies)
         self.proxy_index = 0
+        self.moved = False  # went to another P-CSCF because the one before stopped answering
         self.endpoint.layer = CountingLayer(retransmissions)
         self.plans: dict[str, CallKind] = {}  # call-id -> how to answer it (callee side)
         self.ring_time = 0.0  # seconds a normal call rings before we answer
@@ -175,10 +176,15 @@ class LoadUe(Ue):
                                            or cause.startswith("status_5"))
             if not retry or tried == len(self.proxies) - 1:
                 return cause, moves
-            self.proxy_index = (self.proxy_index + 1) % len(self.proxies)
-            self.proxy = self.proxies[self.proxy_index]
+            self.next_pcscf()
             moves += 1
         return "unreachable", moves
+
+    def next_pcscf(self) -> None:
+        """Send to the next P-CSCF of the list from now on (primary -> secondary -> ...)."""
+        self.proxy_index = (self.proxy_index + 1) % len(self.proxies)
+        self.proxy = self.proxies[self.proxy_index]
+        self.moved = True
 
     async def _clear_once(self, timeout: float) -> str | None:
         uri = f"sip:{self.domain}"

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--event-at", type=_non_negative_float,
                    help="failover: seconds into the load to kill an sbc worker "
                         "(default: a third of the duration)")
+    g.add_argument("--kill", choices=("worker", "site"), default="worker",
+                   help="failover: kill one sbc worker of the stack in --run-dir, or the whole "
+                        "site there (every process; UEs move to their next --target)")
     g.add_argument("--kill-signal", choices=("KILL", "TERM"), default="KILL",
                    help="failover: the signal (KILL: a crash; TERM: a graceful drain)")
     g.add_argument("--steps", type=_steps, default=(5.0, 10.0, 20.0, 40.0),
@@ -282,12 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Console) -> int:
     from loadgen.report import build_report, summary, write_csv, write_json
-    from loadgen.scenarios import KillSbcWorker, LocalScaler, ScaleOnSaturation, stack_sbc_workers
+    from loadgen.scenarios import (
+        KillSbcWorker,
+        KillSite,
+        LocalScaler,
+        ScaleOnSaturation,
+        stack_sbc_workers,
+    )
 
     if args.provision:
         provision(config, state, console)
     event: ScenarioEvent | None = None
-    if config.scenario == "failover":
+    if config.scenario == "failover" and args.kill == "site":
+        site = KillSite(config.failover_at, config.run_dir)
+        site.check(len(config.targets))
+        event = site
+    elif config.scenario == "failover":
         kill = KillSbcWorker(config.failover_at, config.run_dir, config.kill_signal)
         kill.check()
         event = kill

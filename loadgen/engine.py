@@ -341,6 +341,7 @@ class Worker:
             await call.setup(c.setup_timeout, c.cancel_after if kind == CallKind.CANCEL else None,
                              rtp_seconds=c.hold + 10.0)
             self._setup_measured(record)
+            self._follow_pcscf(caller, record)
             if record.established is not None:
                 if kind == CallKind.NORMAL:
                     await call.wait(c.hold)
@@ -360,6 +361,21 @@ class Worker:
             self.idle.append(pair)
             self.active -= 1
         self._finish(record, callee)
+
+    def _follow_pcscf(self, ue: LoadUe, rec: CallRecord) -> None:
+        """A UE with a secondary P-CSCF moves to it when its INVITE got no answer at all (the
+        P-CSCF, or its site, is gone), and registers there only if that one does not know it
+        (403): a registration the sites' replicated store kept needs no new REGISTER."""
+        if len(self.config.targets) < 2 or ue in self._registering:
+            return
+        f = self.results.failover
+        if rec.cause == "timeout" and not rec.status and rec.trying_ms is None:
+            ue.next_pcscf()
+            f.pcscf_moves += 1
+        elif rec.status == 403 and ue.moved:
+            ue.moved = False  # once: a 403 after registering again is a real refusal
+            f.reregistered_after_move += 1
+            self._spawn(self._register(ue))
 
     def _setup_measured(self, rec: CallRecord) -> None:
         r = self.results

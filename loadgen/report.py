@@ -172,6 +172,7 @@ def _failover(c: LoadConfig, r: Results, outcome: Outcome) -> dict[str, Any]:
                        if recovery is not None and k >= recovery)
     kill = next((e for e in outcome.events if e.get("kind") == "kill"), {})
     return {
+        "killed": kill.get("target", "sbc-worker"),
         "event_at_s": c.failover_at,
         "killed_at_s": kill.get("t_s"),
         "killed_pid": kill.get("pid"),
@@ -187,6 +188,11 @@ def _failover(c: LoadConfig, r: Results, outcome: Outcome) -> dict[str, Any]:
         "setup_failures_in_window": f.in_setup_failed + after_failed,
         "failures_after_recovery": later_failed,
         "failed_by_cause": dict(sorted(f.causes.items())),
+        # UEs that moved to their secondary P-CSCF when the primary stopped answering; of the
+        # UEs registered before the event, those that did not have to register again.
+        "ues_moved_to_secondary": f.pcscf_moves,
+        "registrations_kept": max(0, outcome.registered - f.reregistered_after_move),
+        "registered_again_after_move": f.reregistered_after_move,
         "after_event": [{"second": k, "succeeded": ok, "failed": bad}
                         for k, (ok, bad) in sorted(f.after.items())],
     }
@@ -406,8 +412,12 @@ def summary(report: dict[str, Any], console: Console) -> None:
     if report["failover"]:
         f = report["failover"]
         recovery = "never" if f["recovery_s"] is None else f"{f['recovery_s']:.0f} s"
+        what = (f"the whole site ({f['signal']})" if f["killed"] == "site"
+                else f"{f['signal']} sbc worker {f['killed_pid']}")
+        moved = (f"; UEs moved to their secondary P-CSCF {f['ues_moved_to_secondary']}, "
+                 f"registrations kept {f['registrations_kept']}" if f["killed"] == "site" else "")
         console.print(
-            f"failover: {f['signal']} sbc worker {f['killed_pid']} at {f['killed_at_s']} s; "
+            f"failover: {what} at {f['killed_at_s']} s{moved}; "
             f"established calls lost {f['established_calls_lost']} of "
             f"{f['established_at_event']}; setup failures in the window "
             f"{f['setup_failures_in_window']}; recovery {recovery}"

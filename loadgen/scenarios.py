@@ -76,6 +76,38 @@ class KillSbcWorker:
                 "what": f"SIG{self.signal_name} to sbc worker pid {victim}"}
 
 
+@dataclass
+class KillSite:
+    """Site failover: at `at` seconds every process of the stack in `run_dir` (the first
+    site: Redis and its sentinel, state, media, enb-agent, sbc and its workers) gets SIGKILL
+    at once, as a power or network failure of the whole site would."""
+
+    at: float
+    run_dir: str
+
+    def check(self, targets: int) -> int:
+        try:
+            stack = Stack.load(self.run_dir)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LoadError(f"cannot read {self.run_dir}/stack.json: {exc}") from None
+        live = [p for p in stack.procs if proc_alive(p)] if stack is not None else []
+        if not live:
+            raise LoadError(f"no running stack in {self.run_dir} to kill: start the first site "
+                            "there (`volte up --site a`)")
+        if targets < 2:
+            raise LoadError("--kill site needs a secondary P-CSCF for the UEs to move to: "
+                            "--target FIRST_SITE --target SECOND_SITE")
+        return len(live)
+
+    def fire(self) -> dict[str, Any]:
+        stack = Stack.load(self.run_dir)
+        pids = stack.kill() if stack is not None else []
+        site = stack.config.site if stack is not None else ""
+        return {"kind": "kill", "target": "site", "site": site, "pids": pids,
+                "pid": None, "signal": "SIGKILL",
+                "what": f"SIGKILL to the {len(pids)} processes of site {site or self.run_dir}"}
+
+
 def stack_sbc_workers(run_dir: str) -> int | None:
     """How many sbc workers the local stack runs (None: no stack there)."""
     try:

@@ -129,8 +129,15 @@ class FailoverTally:
     # Calls started after the event, by whole seconds after it: [succeeded, failed].
     after: dict[int, list[int]] = field(default_factory=dict)
     causes: Counter[str] = field(default_factory=Counter)  # failures in setup at/after it
+    # UEs whose P-CSCF stopped answering (an INVITE with no response at all) and that moved to
+    # their next one; and of those, the ones that P-CSCF did not know (403): they registered
+    # again. The rest kept their registration across the move (the store replicated it).
+    pcscf_moves: int = 0
+    reregistered_after_move: int = 0
 
     def merge(self, other: FailoverTally) -> None:
+        self.pcscf_moves += other.pcscf_moves
+        self.reregistered_after_move += other.reregistered_after_move
         self.established_at_event += other.established_at_event
         self.established_lost += other.established_lost
         self.in_setup_at_event += other.in_setup_at_event

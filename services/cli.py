@@ -182,6 +182,18 @@ class UpOptions:
     media_interface: str = option(
         "", "network interface for --media-fastpath xdp (empty: the one holding --media-bind)"
     )
+    site: str = option(
+        "", "run as a named site of a two-site deployment: everything binds to --sip-host (a "
+        "loopback address of its own, e.g. 127.0.0.2), Redis is watched by Sentinel and the "
+        "state service follows the primary through it",
+    )
+    site_peer_redis: str = option(
+        "", "second site: the first site's Redis host:port; ours replicates it and our "
+        "sentinels (ours and a witness) promote ours when that site is gone",
+        parse=_host_port_or_empty,
+    )
+    sentinel_port: int = option(26390, "port of the site's Sentinel (the witness: + 1)",
+                                parse=_port)
     run_dir: str = option(DEFAULT_RUN_DIR, RUN_DIR_HELP)
     detach: bool = option(False, "return once everything is SERVING (stop with `volte down`)")
     provision: int = option(
@@ -316,7 +328,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         media_bind=opts.media_bind, media_advertised=opts.media_advertised,
         media_port_min=opts.media_port_min, media_port_max=opts.media_port_max,
         media_fastpath=opts.media_fastpath, media_interface=opts.media_interface,
+        site=opts.site, peer_redis=opts.site_peer_redis, sentinel_port=opts.sentinel_port,
     )
+    if opts.site_peer_redis and not opts.site:
+        raise CliError("--site-peer-redis needs --site NAME (the second site's name)")
+    if opts.site and opts.redis:
+        raise CliError("--site runs its own Redis with Sentinel: leave out --redis")
+    config.localise()
     stack = Stack(config)
     # SIGTERM and SIGHUP stop us as Ctrl-C does (SIGINT too when started with it ignored, as
     # `volte up &` in a script is): the services run in their own sessions, so nobody but us

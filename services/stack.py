@@ -26,6 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REDIS_INSTALL_HINT = "apt-get install redis-server   (or pass --redis redis://host:port/0)"
 DEFAULT_MEDIA_GRPC = "127.0.0.1:50071"
 DEFAULT_ENB_GRPC = "127.0.0.1:50081"
+SENTINEL_MASTER = "volte"  # the name the sentinels of both sites monitor the primary by
+SENTINEL_DOWN_AFTER_MS = 1000  # the primary is down after this long without answering
 DEFAULT_ENB_SCTP_PORT = 36412  # S1AP (TS 36.412)
 
 
@@ -83,6 +85,38 @@ class StackConfig:
     enb_sctp_transport: str = "auto"
     enb_plmn: str = "00101"
     extra_enb_args: list[str] = field(default_factory=list)
+    # Two sites ("private and public cloud"): a named site runs its services on sip_host (its
+    # own loopback address here, e.g. 127.0.0.2), Redis with Sentinel on sentinel_port, and the
+    # state service through Sentinel. The second site (peer_redis = the first site's Redis,
+    # host:port) runs its Redis as a replica of the first's and two sentinels (its own and a
+    # witness: a failover needs a majority of all sentinels, which two sites alone never have
+    # when one is gone; in production the witness runs in a third place). When the first site
+    # dies, the sentinels promote the second site's Redis: registrations are kept.
+    site: str = ""
+    peer_redis: str = ""
+    sentinel_port: int = 26390
+
+    def localise(self) -> None:
+        """A named site binds everything left at a 127.0.0.1 default to its own sip_host."""
+        if not self.site or self.sip_host == "127.0.0.1":
+            return
+        for name in ("state_grpc", "sbc_grpc", "media_grpc", "enb_grpc"):
+            host, _, port = getattr(self, name).rpartition(":")
+            if host == "127.0.0.1":
+                setattr(self, name, f"{self.sip_host}:{port}")
+        for name in ("media_bind", "enb_sctp_host"):
+            if getattr(self, name) == "127.0.0.1":
+                setattr(self, name, self.sip_host)
+
+    @property
+    def redis_host(self) -> str:
+        return self.sip_host if self.site else "127.0.0.1"
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """This site's sentinels: its own, and a witness for the second site."""
+        own = [(self.redis_host, self.sentinel_port)]
+        return [*own, (self.redis_host, self.sentinel_port + 1)] if self.peer_redis else own
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -172,7 +206,14 @@ class Stack:
 
     @property
     def redis_url(self) -> str:
-        return self.config.redis or f"redis://127.0.0.1:{self.config.redis_port}/0"
+        """Where the state service finds Redis: given, ours, or our site's through Sentinel."""
+        c = self.config
+        if c.redis:
+            return c.redis
+        if c.site:
+            hosts = ",".join(f"{h}:{p}" for h, p in c.sentinels)
+            return f"redis+sentinel://{hosts}/{SENTINEL_MASTER}/0"
+        return f"redis://{c.redis_host}:{c.redis_port}/0"
 
     # -- start ----------------------------------------------------------------------------------
     def preflight(self) -> None:
@@ -203,8 +244,12 @@ class Stack:
         if not c.redis:
             if shutil.which("redis-server") is None:
                 raise StackError(f"redis-server is not installed: {REDIS_INSTALL_HINT}")
-            if port_busy("127.0.0.1", c.redis_port, socket.SOCK_STREAM):
+            if port_busy(c.redis_host, c.redis_port, socket.SOCK_STREAM):
                 raise StackError(f"Redis port {c.redis_port} is in use: pass --redis-port")
+            for sentinel_host, sentinel_port in c.sentinels if c.site else []:
+                if port_busy(sentinel_host, sentinel_port, socket.SOCK_STREAM):
+                    raise StackError(f"Sentinel port {sentinel_host}:{sentinel_port} is in "
+                                     "use: pass --sentinel-port")
 
     def start(self, timeout: float = 30.0) -> None:
         self.preflight()
@@ -212,13 +257,7 @@ class Stack:
         c = self.config
         try:
             if not c.redis:
-                self._spawn(
-                    "redis",
-                    ["redis-server", "--port", str(c.redis_port), "--bind", "127.0.0.1",
-                     "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)],
-                    address=self.redis_url,
-                )
-                self._wait_redis(timeout)
+                self._start_redis(timeout)
             self._spawn(
                 "state",
                 [sys.executable, "-m", "services.state", "--grpc-listen", c.state_grpc,
@@ -265,6 +304,50 @@ class Stack:
             self.stop()
             raise
         self._save()
+
+    def _start_redis(self, timeout: float) -> None:
+        c = self.config
+        argv = ["redis-server", "--port", str(c.redis_port), "--bind", c.redis_host,
+                "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)]
+        if c.site:
+            # Protected mode refuses clients from any address but 127.0.0.1 and ::1, and the
+            # other site's replica and sentinels come from theirs (127.0.0.2 here).
+            argv += ["--protected-mode", "no"]
+        if c.peer_redis:
+            host, _, port = c.peer_redis.rpartition(":")
+            argv += ["--replicaof", host, port, "--replica-announce-ip", c.redis_host,
+                     "--bind-source-addr", c.redis_host]
+        self._spawn("redis", argv, address=f"redis://{c.redis_host}:{c.redis_port}/0")
+        self._wait_redis(timeout)
+        if not c.site:
+            return
+        primary = c.peer_redis or f"{c.redis_host}:{c.redis_port}"
+        for index, (sentinel_host, sentinel_port) in enumerate(c.sentinels):
+            name = "sentinel" if index == 0 else "sentinel-witness"
+            conf = self.run_dir / f"{name}.conf"
+            conf.write_text(sentinel_conf(sentinel_host, sentinel_port, primary, self.run_dir))
+            self._spawn(name, ["redis-server", str(conf), "--sentinel"],
+                        address=f"sentinel://{sentinel_host}:{sentinel_port}")
+        deadline = time.monotonic() + timeout
+        while not self._sentinels_see_primary():
+            for name in ("sentinel", "sentinel-witness"):
+                if any(p.service == name for p in self.procs):
+                    self._check_alive(name)
+            if time.monotonic() > deadline:
+                raise StackError(f"the sentinels did not find the primary Redis {primary}")
+            time.sleep(0.1)
+
+    def _sentinels_see_primary(self) -> bool:
+        for host, port in self.config.sentinels:
+            command = f"SENTINEL get-master-addr-by-name {SENTINEL_MASTER}\r\n".encode()
+            try:
+                with socket.create_connection((host, port), timeout=0.5) as s:
+                    s.sendall(command)
+                    if not s.recv(256).startswith(b"*2"):
+                        return False
+            except OSError:
+                return False
+        return True
 
     def media_argv(self, media_grpc: str) -> list[str]:
         """The media relay's command line for this config."""
@@ -328,7 +411,7 @@ class Stack:
         while time.monotonic() < deadline:
             self._check_alive("redis")
             with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.config.redis_port), timeout=0.5
+                (self.config.redis_host, self.config.redis_port), timeout=0.5
             ) as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(64).startswith(b"+PONG"):
@@ -420,6 +503,18 @@ class Stack:
             )
         return out
 
+    def kill(self) -> list[int]:
+        """SIGKILL every process of the stack at once, as a site's power failure would (each
+        runs in its own process group with its children: the sbc's workers go too). Leaves
+        stack.json for `volte down` to clear. Returns the pids killed."""
+        killed = []
+        for p in self.procs:
+            if proc_alive(p):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                    killed.append(p.pid)
+        return killed
+
     def stop(self, timeout: float = 10.0) -> None:
         # Reverse order: the sbc drains while media, state and Redis still answer.
         for p in reversed(self.procs):
@@ -435,6 +530,18 @@ class Stack:
         self.procs.clear()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+
+
+def sentinel_conf(host: str, port: int, primary: str, run_dir: Path) -> str:
+    """A Sentinel's config (it rewrites the file as it learns peers and failovers)."""
+    primary_host, _, primary_port = primary.rpartition(":")
+    return "\n".join([
+        f"port {port}", f"bind {host}", f"dir {run_dir}",
+        f"sentinel announce-ip {host}", f"sentinel announce-port {port}",
+        f"sentinel monitor {SENTINEL_MASTER} {primary_host} {primary_port} 2",
+        f"sentinel down-after-milliseconds {SENTINEL_MASTER} {SENTINEL_DOWN_AFTER_MS}",
+        f"sentinel failover-timeout {SENTINEL_MASTER} 10000", "",
+    ])
 
 
 def pid_alive(pid: int) -> bool:
