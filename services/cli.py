@@ -34,6 +34,7 @@ import grpc
 
 from services import __version__
 from services.common.config import MISSING, add_options, option, resolve
+from services.sbc.bearer_policy import BEST_EFFORT, parse_policy
 from services.stack import Stack, StackConfig, StackError, pid_alive, proc_alive
 from services.subscribers import Provisioner, subscriber
 
@@ -182,6 +183,12 @@ class UpOptions:
     media_interface: str = option(
         "", "network interface for --media-fastpath xdp (empty: the one holding --media-bind)"
     )
+    bearer_policy: str = option(
+        BEST_EFFORT,
+        "when a UE's QCI-1 bearer cannot be set up on answer: best-effort (the call goes on, "
+        "logged and counted) or required (580 Precondition Failure to the caller)",
+        parse=parse_policy,
+    )
     run_dir: str = option(DEFAULT_RUN_DIR, RUN_DIR_HELP)
     detach: bool = option(False, "return once everything is SERVING (stop with `volte down`)")
     provision: int = option(
@@ -316,6 +323,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         media_bind=opts.media_bind, media_advertised=opts.media_advertised,
         media_port_min=opts.media_port_min, media_port_max=opts.media_port_max,
         media_fastpath=opts.media_fastpath, media_interface=opts.media_interface,
+        bearer_policy=opts.bearer_policy,
     )
     stack = Stack(config)
     # SIGTERM and SIGHUP stop us as Ctrl-C does (SIGINT too when started with it ignored, as

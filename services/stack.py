@@ -83,6 +83,8 @@ class StackConfig:
     enb_sctp_transport: str = "auto"
     enb_plmn: str = "00101"
     extra_enb_args: list[str] = field(default_factory=list)
+    # What the sbc does when a QCI-1 bearer cannot be set up: "best-effort" or "required".
+    bearer_policy: str = "best-effort"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -255,7 +257,7 @@ class Stack:
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
                 "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers),
                 "--nonce-secret", c.nonce_secret, "--media", media_grpc, "--enb", enb_grpc,
-                *c.extra_sbc_args,
+                "--bearer-policy", c.bearer_policy, *c.extra_sbc_args,
             ]
             if c.next_hop:
                 sbc_args += ["--next-hop", c.next_hop]
