@@ -10,7 +10,8 @@ The bearer policy: with the callee on an eNodeB whose E-RAB set-ups all fail (th
 simulator's failure injection), a best-effort sbc (the default) lets the call go on and
 counts the failure; an sbc with `--bearer-policy required` answers the caller 580, ends the
 callee's leg with a BYE saying why and leaves no bearer, dialog or media session behind.
-Re-INVITEs (hold, resume) ask for no new bearer under either policy.
+An eNodeB that answers too late counts as a failure too; a callee that retransmits its 200
+(SIPp) until ACKed gets one ACK and one BYE. Re-INVITEs (hold, resume) ask for no new bearer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from services.enb.simulator import BearerDown, BearerRejected, BearerUp, Simulat
 from services.stack import Stack, StackConfig, free_port
 from services.state import keys
 from services.subscribers import Provisioner
+from tests.interop.test_sbc_calls import PASSWORD as SIPP_PASSWORD
+from tests.interop.test_sbc_calls import SCENARIOS, finish
+from tests.interop.test_sbc_calls import Ue as SippUe
 from volte.v1 import bearer_pb2, bearer_pb2_grpc
 
 pytestmark = pytest.mark.interop
@@ -70,7 +74,8 @@ def running_stack(run_dir: Path, bearer_policy: str = "best-effort") -> Iterator
     stack = Stack(config)
     stack.start()
     provisioner = Provisioner(config.state_grpc)
-    provisioner.provision(10, FIRST, "ims.local", "pw")
+    provisioner.provision(11, FIRST, "ims.local", "pw")
+    provisioner.provision(1, FIRST + 11, "ims.local", SIPP_PASSWORD)  # a SIPp UE's
     provisioner.close()
     yield stack
     stack.stop()
@@ -283,3 +288,36 @@ async def test_required_a_reinvite_asks_for_no_new_bearer(required: Stack) -> No
         await caller.close()
         await callee.close()
         await sims.close()
+
+
+async def test_required_a_bearer_too_late_fails_the_call_once(
+    required: Stack, tmp_path: Path
+) -> None:
+    """The callee's eNodeB answers E-RAB Setup after the sbc's --bearer-timeout (2 s); the
+    callee, SIPp, retransmits its 200 meanwhile (0.5 s, 1.5 s). The caller gets one 580;
+    SIPp gets one ACK and one BYE with the Reason (a second of either fails its scenario);
+    the late bearer does not stay at the agent."""
+    caller_number, callee_number = FIRST + 10, FIRST + 11
+    good = await enodebs(required, SimulatorConfig(imsi_base=caller_number, first_enb_id=0x202))
+    slow = await enodebs(required, SimulatorConfig(imsi_base=callee_number, first_enb_id=0x203,
+                                                   name_prefix="slow-enb"))
+    slow.set_response_delay(3.0)
+    proxy = (required.config.sip_host, required.config.sip_port)
+    caller = Ue(str(caller_number), "pw", domain="ims.local", proxy=proxy)
+    callee = SippUe(required, callee_number, tmp_path)
+    try:
+        await caller.start()
+        assert (await caller.register()).status == 200
+        await asyncio.to_thread(callee.register)
+        answering = callee.sipp(SCENARIOS / "call_uas_bearer_refused.xml")
+        call = await caller.dial(str(callee_number))
+        assert call.result.status == 580 and call.final is not None
+        assert "QCI-1 bearer setup failed for the callee" in (call.final.headers.get("warning")
+                                                              or "")
+        await asyncio.to_thread(finish, answering, tmp_path)
+        await asyncio.sleep(2.0)  # the eNodeB's late answer
+        assert await bearers_of(required, caller_number, callee_number) == (0, 0)
+    finally:
+        await caller.close()
+        await good.close()
+        await slow.close()
