@@ -834,17 +834,17 @@ class Sbc:
         branch = ctx.branches[tx]
         self.calls.pop(ctx.media or f"call:{request.call_id}", None)
         peer = branch.target.source(self._via_local)
-        dialog = [("From", request.headers.get("from") or ""),
-                  ("To", response.headers.get("to") or ""), ("Call-ID", request.call_id),
-                  *(("Route", r) for r in self._routes_toward_callee(response))]
+        leg = [("From", request.headers.get("from") or ""),
+               ("To", response.headers.get("to") or ""), ("Call-ID", request.call_id),
+               *(("Route", r) for r in self._routes_toward_callee(response))]
         target = str((response.contacts or [NameAddr(branch.request.uri)])[0].uri)
         seq = request.cseq.seq
         ack = self._own_request("ACK", target, branch.target,
-                                [*dialog, ("CSeq", f"{seq} ACK")])
+                                [*leg, ("CSeq", f"{seq} ACK")])
         self.endpoint.send_stateless(ack, peer)
         self.refused[tx] = (ack, peer)
         bye = self._own_request("BYE", target, branch.target,
-                                [*dialog, ("CSeq", f"{seq + 1} BYE"), ("Reason", bearers.reason)])
+                                [*leg, ("CSeq", f"{seq + 1} BYE"), ("Reason", bearers.reason)])
         self.endpoint.send_request(bye, peer)
         self._spawn(self._release_bearer_ids(bearers.to_release))
         refusal = make_response(request, PRECONDITION_FAILURE, to_tag=self._to_tag(request),

@@ -1,8 +1,11 @@
-"""The bearer policy's decision: which calls fail with 580, which bearers are kept or released."""
+"""The bearer policy: the decision (which calls fail with 580, which bearers are kept or
+released) and the sbc refusing to start with a policy it cannot apply."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -62,3 +65,18 @@ def test_policy_names_and_bad_ones() -> None:
         parse_policy("strict")
     with pytest.raises(ValueError, match="unknown bearer policy"):
         decide("strict", [])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bearer-policy", "required"], "--bearer-policy required needs --enb"),
+        (["--bearer-policy", "strict"], "expected one of best-effort, required: 'strict'"),
+    ],
+)
+def test_the_sbc_refuses_to_start_with_a_policy_it_cannot_apply(
+    argv: list[str], message: str
+) -> None:
+    proc = subprocess.run([sys.executable, "-m", "services.sbc", *argv], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr
