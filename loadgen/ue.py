@@ -141,6 +141,7 @@ class Ue:
         self.bye_reasons: list[str] = []
         self.calls_answered = 0
         self.byes_received = 0
+        self.acks_received = 0  # ACKs for the 2xx of calls we answered
 
     @property
     def aor(self) -> str:
@@ -311,8 +312,9 @@ class Ue:
 
     # -- TransactionUser -----------------------------------------------------------------------
     def on_request(self, request: Request, tx: ServerTx | None, source: Source) -> None:
-        if tx is None:
-            return  # the ACK of a call we answered
+        if tx is None:  # the ACK of a call we answered
+            self.acks_received += 1
+            return
         if request.method == "INVITE" and self.answer_calls and request.to.tag is None:
             asyncio.get_running_loop().create_task(self._answer(request, tx))
         elif request.method == "INVITE" and request.to.tag is not None:

@@ -34,6 +34,7 @@ import grpc
 
 from services import __version__
 from services.common.config import MISSING, add_options, option, resolve
+from services.sbc.bearer_policy import BEST_EFFORT, parse_policy
 from services.stack import Stack, StackConfig, StackError, pid_alive, proc_alive
 from services.subscribers import Provisioner, subscriber
 
@@ -194,6 +195,12 @@ class UpOptions:
     )
     sentinel_port: int = option(26390, "port of the site's Sentinel (the witness: + 1)",
                                 parse=_port)
+    bearer_policy: str = option(
+        BEST_EFFORT,
+        "when a UE's QCI-1 bearer cannot be set up on answer: best-effort (the call goes on, "
+        "logged and counted) or required (580 Precondition Failure to the caller)",
+        parse=parse_policy,
+    )
     run_dir: str = option(DEFAULT_RUN_DIR, RUN_DIR_HELP)
     detach: bool = option(False, "return once everything is SERVING (stop with `volte down`)")
     provision: int = option(
@@ -329,6 +336,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         media_port_min=opts.media_port_min, media_port_max=opts.media_port_max,
         media_fastpath=opts.media_fastpath, media_interface=opts.media_interface,
         site=opts.site, peer_redis=opts.site_peer_redis, sentinel_port=opts.sentinel_port,
+        bearer_policy=opts.bearer_policy,
     )
     if opts.site_peer_redis and not opts.site:
         raise CliError("--site-peer-redis needs --site NAME (the second site's name)")

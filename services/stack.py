@@ -117,6 +117,8 @@ class StackConfig:
         """This site's sentinels: its own, and a witness for the second site."""
         own = [(self.redis_host, self.sentinel_port)]
         return [*own, (self.redis_host, self.sentinel_port + 1)] if self.peer_redis else own
+    # What the sbc does when a QCI-1 bearer cannot be set up: "best-effort" or "required".
+    bearer_policy: str = "best-effort"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -294,7 +296,7 @@ class Stack:
                 "--sip-port", str(c.sip_port), "--domain", c.domain, "--state", c.state_grpc,
                 "--grpc-listen", c.sbc_grpc, "--workers", str(c.sbc_workers), "--supervise",
                 "--nonce-secret", c.nonce_secret, "--media", media_grpc, "--enb", enb_grpc,
-                *c.extra_sbc_args,
+                "--bearer-policy", c.bearer_policy, *c.extra_sbc_args,
             ]
             if c.next_hop:
                 sbc_args += ["--next-hop", c.next_hop]

@@ -48,6 +48,7 @@ def test_volte_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> No
         ["up", "--workers", "0"],
         ["up", "--state-grpc", "nohostport"],
         ["up", "--redis", "http://example"],
+        ["up", "--bearer-policy", "strict"],
         ["subscribers", "provision"],  # --count is required
         ["subscribers", "add", "100"],  # --password is required
         ["subscribers", "add", "100", "--password", "x", "--imsi", "12"],
@@ -163,6 +164,19 @@ def test_volte_up_media_flags_reach_the_relay(
     assert "--interface" not in media
     monkeypatch.setenv("VOLTE_MEDIA_FASTPATH", "xdp")
     assert _flag(_media_argv([], monkeypatch, tmp_path), "--fastpath") == "xdp"
+
+
+def test_volte_up_bearer_policy_reaches_the_stack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The sbc gets `--bearer-policy` from StackConfig (tests/interop/test_bearer_calls.py)."""
+    _media_argv([], monkeypatch, tmp_path)
+    assert _RecordingStack.started[0].config.bearer_policy == "best-effort"
+    _media_argv(["--bearer-policy", "required"], monkeypatch, tmp_path)
+    assert _RecordingStack.started[0].config.bearer_policy == "required"
+    monkeypatch.setenv("VOLTE_BEARER_POLICY", "required")
+    _media_argv([], monkeypatch, tmp_path)
+    assert _RecordingStack.started[0].config.bearer_policy == "required"
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from services.common.config import load
 from services.common.health import add_health
 from services.common.telemetry import setup_logging, setup_telemetry
 from services.sbc.bearer_client import BearerClient
+from services.sbc.bearer_policy import REQUIRED
 from services.sbc.config import SbcConfig
 from services.sbc.core import Sbc
 from services.sbc.media_client import MediaClient
@@ -215,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load(SbcConfig, args, prog="python -m services.sbc",
                   description="volte sbc: P-CSCF / signalling SBC")
     setup_logging("sbc", config.log_level)
+    if config.bearer_policy == REQUIRED and not config.enb:
+        message = "--bearer-policy required needs --enb: no eNB agent to ask for bearers"
+        log.error(message)
+        print(f"sbc: {message}", file=sys.stderr)
+        return 2
     if config.shared_port and "VOLTE_WORKER_INDEX" not in os.environ:
         return Supervisor(config, args).run()
     # Before asyncio.run: a policy set once the loop runs (as serve() used to) has no effect

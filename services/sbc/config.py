@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from services.common.config import option
+from services.sbc.bearer_policy import BEST_EFFORT, parse_policy
 
 
 def _default_instance() -> str:
@@ -31,6 +32,13 @@ class SbcConfig:
         "", "eNB agent gRPC address host:port: QCI-1 bearers for answered calls (empty: no)"
     )
     bearer_timeout: float = option(2.0, "seconds the eNB agent has to set a bearer up")
+    bearer_policy: str = option(
+        BEST_EFFORT,
+        "when a UE's QCI-1 bearer cannot be set up on answer: best-effort (the call goes on, "
+        "logged and counted) or required (the call fails: 580 to the caller, BYE to the "
+        "callee); required needs --enb",
+        parse=parse_policy,
+    )
     grpc_listen: str = option("127.0.0.1:50061", "gRPC admin + health address (port 0: any)")
     metrics_port: int = option(0, "Prometheus endpoint port (0: off)")
     next_hop: str = option("", "host:port of the S-CSCF for other domains (empty: 404)")

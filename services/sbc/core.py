@@ -16,13 +16,21 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Coroutine
+import weakref
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
 
 from services.sbc.bearer_client import BearerClient, BearerUnavailable
+from services.sbc.bearer_policy import (
+    PRECONDITION_FAILURE,
+    BearerDecision,
+    BearerOutcome,
+    Side,
+    decide,
+)
 from services.sbc.config import SbcConfig
 from services.sbc.counters import LocalCounter
 from services.sbc.flowtoken import FlowToken, Hop, read_route_params, record_route_params
@@ -64,6 +72,7 @@ class Branch:
     request: Request
     final: Response | None = None
     provisional: bool = False
+    answering: bool = False  # its 2xx is being anchored / given bearers (_answered)
 
 
 @dataclass(eq=False)
@@ -119,8 +128,9 @@ class SbcMetrics:
             "sbc_transaction_latency", unit="s", description="request in to final response out"
         )
         self.rejected = LocalCounter(meter, "sbc_overload_rejected", description="503 sent")
-        self.bearers_failed = LocalCounter(
-            meter, "sbc_bearers_failed", description="QCI-1 bearers not set up (call went on)"
+        self.bearer_failures = LocalCounter(
+            meter, "sbc_bearer_failures",
+            description="QCI-1 bearers not set up on answer, by policy and UE (required: 580)",
         )
 
 
@@ -143,6 +153,11 @@ class Sbc:
         # IMSI -> call-ids, to end the calls of UEs whose eNB went away
         self.calls_by_imsi: dict[str, set[str]] = {}
         self.calls: dict[str, CallInfo] = {}  # by media session id
+        # INVITE client transactions whose 2xx we refused (bearer policy): the ACK to send
+        # again for each retransmission of that 2xx, for as long as the transaction lives.
+        self.refused: weakref.WeakKeyDictionary[ClientTx, tuple[Request, Source]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.endpoint = SipEndpoint(self)
         self.key = (config.nonce_secret or os.urandom(32).hex()).encode()
         self.overload = OverloadControl(
@@ -209,6 +224,10 @@ class Sbc:
     def on_response(self, response: Response, tx: ClientTx | None, source: Source) -> None:
         ctx = self.by_client.get(tx) if tx is not None else None
         if ctx is None:
+            refused = self.refused.get(tx) if tx is not None else None
+            if refused is not None:  # the callee did not hear our ACK: again
+                self.endpoint.send_stateless(*refused)
+                return
             self._forward_stray(response)
             return
         self._branch_response(ctx, tx, response)  # type: ignore[arg-type]
@@ -611,7 +630,21 @@ class Sbc:
         return chosen
 
     async def _answered(self, ctx: ProxyContext, tx: ClientTx, response: Response) -> None:
-        """A 2xx to INVITE: record the dialog (for clean-up and failover), then relay it."""
+        """A 2xx to INVITE, one at a time per branch: a retransmission that comes while the
+        first is still being anchored and given bearers is dropped (the callee sends it
+        again until it hears an ACK)."""
+        branch = ctx.branches[tx]
+        if branch.answering:
+            return
+        branch.answering = True
+        try:
+            await self._answer(ctx, tx, response)
+        finally:
+            branch.answering = False
+
+    async def _answer(self, ctx: ProxyContext, tx: ClientTx, response: Response) -> None:
+        """Record the dialog (for clean-up and failover), then relay the 2xx; or, when the
+        bearer policy says so, refuse it (_refuse_answer)."""
         branch = ctx.branches[tx]
         request = ctx.request
         if ctx.media and self.media is not None and self._has_sdp(response):
@@ -633,7 +666,10 @@ class Sbc:
                 caller=Hop.of(ctx.source),
                 callee=branch.target,
             )
-        bearer_ids = await self._setup_bearers(ctx, response)
+        bearers = await self._setup_bearers(ctx, response)
+        if bearers.refuse:
+            self._refuse_answer(ctx, tx, response, bearers)
+            return
         dialog = state_pb2.Dialog(
             id=common_pb2.DialogId(
                 call_id=request.call_id,
@@ -653,7 +689,7 @@ class Sbc:
             callee_imsi=ctx.callee_imsi,
             sbc_instance=self.config.instance,
             media_session_id=ctx.media,
-            bearer_ids=bearer_ids,
+            bearer_ids=bearers.kept,
         )
         try:
             await self.state.put_dialog(state_pb2.PutDialogRequest(dialog=dialog))
@@ -752,36 +788,84 @@ class Sbc:
             log.warning("answer not anchored", extra={"error": str(exc)})
         self._final(ctx, response)
 
-    async def _setup_bearers(self, ctx: ProxyContext, response: Response) -> list[str]:
-        """QCI-1 bearers for both UEs, at once; a failure is logged and counted, and the call
-        goes on best-effort."""
-        imsis = [i for i in (ctx.caller_imsi, ctx.callee_imsi) if i]
-        if self.bearers is None or not imsis:
-            return []
+    async def _setup_bearers(self, ctx: ProxyContext, response: Response) -> BearerDecision:
+        """QCI-1 bearers for both UEs, at once, and what the bearer policy makes of them
+        (bearer_policy.py). A failure is logged (once per call) and counted."""
+        policy = self.config.bearer_policy
+        both: list[tuple[Side, str]] = [("caller", ctx.caller_imsi), ("callee", ctx.callee_imsi)]
+        ues = [(ue, imsi) for ue, imsi in both if imsi]
+        if self.bearers is None or not ues:
+            return decide(policy, ())
         call_id = ctx.request.call_id
         dialog = common_pb2.DialogId(
             call_id=call_id, from_tag=ctx.request.from_.tag or "", to_tag=response.to.tag or ""
         )
-        outcomes = await asyncio.gather(
-            *(self.bearers.setup(imsi, dialog) for imsi in imsis), return_exceptions=True
+        answers = await asyncio.gather(
+            *(self.bearers.setup(imsi, dialog) for _, imsi in ues), return_exceptions=True
         )
-        ids: list[str] = []
-        for imsi, outcome in zip(imsis, outcomes, strict=True):
-            if isinstance(outcome, str):
-                ids.append(outcome)
-                self.calls_by_imsi.setdefault(imsi, set()).add(call_id)
-            else:
-                self.metrics.bearers_failed.add(1)
-                log.warning("no QCI-1 bearer, call goes on best-effort",
-                            extra={"imsi": imsi, "call_id": call_id, "error": str(outcome)})
-        if ids:
-            self.call_bearers[call_id] = ids
-        return ids
+        decision = decide(policy, [
+            BearerOutcome(ue, imsi, answer) if isinstance(answer, str)
+            else BearerOutcome(ue, imsi, error=str(answer))
+            for (ue, imsi), answer in zip(ues, answers, strict=True)
+        ])
+        for failed in decision.failed:
+            self.metrics.bearer_failures.add(1, {"policy": policy, "ue": failed.ue})
+        if decision.failed:
+            then = "call refused (580)" if decision.refuse else "call goes on best-effort"
+            log.warning(f"{decision.text}: {then}", extra={
+                "call_id": call_id, "policy": policy,
+                "failed": {o.ue: {"imsi": o.imsi, "error": o.error} for o in decision.failed},
+            })
+        if decision.kept:
+            self.call_bearers[call_id] = list(decision.kept)
+            for outcome in decision.outcomes:
+                if outcome.up:
+                    self.calls_by_imsi.setdefault(outcome.imsi, set()).add(call_id)
+        return decision
+
+    def _refuse_answer(
+        self, ctx: ProxyContext, tx: ClientTx, response: Response, bearers: BearerDecision
+    ) -> None:
+        """A 2xx the bearer policy fails: the callee's leg is ACKed and ended with a BYE
+        saying why, what was set up is released, the caller gets 580. Nothing of it is
+        stored: no dialog was, and only this transaction (the ACK for the callee's 2xx
+        retransmissions) is remembered, while it lives."""
+        request = ctx.request
+        branch = ctx.branches[tx]
+        self.calls.pop(ctx.media or f"call:{request.call_id}", None)
+        peer = branch.target.source(self._via_local)
+        leg = [("From", request.headers.get("from") or ""),
+               ("To", response.headers.get("to") or ""), ("Call-ID", request.call_id),
+               *(("Route", r) for r in self._routes_toward_callee(response))]
+        target = str((response.contacts or [NameAddr(branch.request.uri)])[0].uri)
+        seq = request.cseq.seq
+        ack = self._own_request("ACK", target, branch.target,
+                                [*leg, ("CSeq", f"{seq} ACK")])
+        self.endpoint.send_stateless(ack, peer)
+        self.refused[tx] = (ack, peer)
+        bye = self._own_request("BYE", target, branch.target,
+                                [*leg, ("CSeq", f"{seq + 1} BYE"), ("Reason", bearers.reason)])
+        self.endpoint.send_request(bye, peer)
+        self._spawn(self._release_bearer_ids(bearers.to_release))
+        refusal = make_response(request, PRECONDITION_FAILURE, to_tag=self._to_tag(request),
+                                extra=[("Warning", self._warning(bearers.text))])
+        self._final(ctx, refusal)  # an INVITE's failure: its media session goes too
+
+    def _routes_toward_callee(self, response: Response) -> list[str]:
+        """The Record-Route entries between us and the callee, in the order to visit them."""
+        values = response.headers.values("record-route")
+        for i, value in enumerate(values):
+            if self._our_uri(parse_name_addr(value).uri):
+                return list(reversed(values[:i]))
+        return []
 
     async def _release_bearers(self, call_id: str) -> None:
         ids = self.call_bearers.pop(call_id, [])
         for calls in self.calls_by_imsi.values():
             calls.discard(call_id)
+        await self._release_bearer_ids(ids)
+
+    async def _release_bearer_ids(self, ids: Iterable[str]) -> None:
         if self.bearers is None:
             return
         for bearer_id in ids:
@@ -870,12 +954,20 @@ class Sbc:
         reason: tuple[str, str],
     ) -> None:
         # CSeq: above anything the UE's peer can have used in this dialog so far.
-        bye = Request("BYE", target, Headers.of([
-            ("Max-Forwards", "70"), ("From", from_), ("To", to), ("Call-ID", call.call_id),
-            ("CSeq", "999999 BYE"), reason, ("Content-Length", "0"),
-        ]))
-        bye.headers.add_first("Via", str(self._via_for(hop.transport, new_branch())))
+        bye = self._own_request("BYE", target, hop, [
+            ("From", from_), ("To", to), ("Call-ID", call.call_id), ("CSeq", "999999 BYE"), reason,
+        ])
         self.endpoint.send_request(bye, hop.source(self._via_local))
+
+    def _own_request(
+        self, method: str, target: str, hop: Hop, headers: list[tuple[str, str]]
+    ) -> Request:
+        """A request the sbc sends itself (as a UA) on one leg of a dialog, with our Via."""
+        request = Request(method, target, Headers.of(
+            [("Max-Forwards", "70"), *headers, ("Content-Length", "0")]
+        ))
+        request.headers.add_first("Via", str(self._via_for(hop.transport, new_branch())))
+        return request
 
     def _forward_stray(self, response: Response) -> None:
         """A response no transaction of ours awaits: a 2xx retransmission after the INVITE

@@ -121,6 +121,17 @@ def test_default_enb_transport_is_kernel_sctp():
     assert [(p["port"], p["protocol"]) for p in svc["spec"]["ports"]] == [(S1AP_PORT, "SCTP")]
 
 
+def test_sbc_bearer_policy_reaches_the_sbc_and_bad_ones_are_refused():
+    def sbc_env(sets: tuple[str, ...]) -> dict[str, Any]:
+        spec = named(render((), sets), "Deployment", "sbc")["spec"]["template"]["spec"]
+        (sbc,) = [c for c in containers(spec) if c["name"] == "sbc"]
+        return env(sbc)
+
+    assert sbc_env(())["VOLTE_BEARER_POLICY"] == "best-effort"
+    assert sbc_env(("sbc.bearerPolicy=required",))["VOLTE_BEARER_POLICY"] == "required"
+    assert "bearerPolicy" in render_error((), ("sbc.bearerPolicy=strict",))
+
+
 @pytest.mark.parametrize("profile", ALL)
 def test_services_select_pods_and_named_ports_exist(profile):
     objs = render_profile(profile)
