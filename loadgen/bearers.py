@@ -115,6 +115,7 @@ class SimulatedBearers:
         self._sims: SimulatedEnbs | None = None
         self._imsis: list[str] = []
         self._up: dict[str, dict[int, float]] = {}  # IMSI -> QCI-1 E-RAB id -> set up at
+        self._attached: set[str] = set()  # IMSIs
         self._set_up: set[int] = set()
         self._refused: dict[int, str] = {}  # eNB -> why its S1 Setup failed
 
@@ -130,7 +131,7 @@ class SimulatedBearers:
         host, port = c.sctp
         self._imsis = [imsi_of(n) for n in numbers]
         try:
-            sims = self._sims = SimulatedEnbs(
+            sims = SimulatedEnbs(
                 SimulatorConfig(enbs=c.enbs, ues_per_enb=math.ceil(len(numbers) / c.enbs),
                                 imsi_base=int(numbers[0]),
                                 first_enb_id=ENB_ID_BASE + c.first_enb, name_prefix="loadgen-enb",
@@ -144,6 +145,19 @@ class SimulatedBearers:
         unknown = set(self._imsis) - set(sims.imsis)
         if unknown:  # the numbers are not consecutive: a bug of ours
             raise ValueError(f"UEs {sorted(unknown)[:3]}... are not on a simulated eNB")
+        try:
+            await self._attach(sims)
+        except BaseException:
+            await sims.close()
+            raise
+        self._sims = sims
+
+    async def _attach(self, sims: SimulatedEnbs) -> None:
+        """S1 Setup of every eNB, then every UE's attach."""
+        from loadgen.engine import LoadError
+
+        c = self.config
+        host, port = c.sctp
         where = f"the enb-agent at {host}:{port} (SCTP {c.transport}, --enb-sctp)"
         try:
             await sims.start(timeout=CONNECT_TIMEOUT)
@@ -159,8 +173,8 @@ class SimulatedBearers:
         sims.attach(self._imsis)
         limit = 10.0 + 0.02 * len(self._imsis)
         with contextlib.suppress(TimeoutError):
-            await sims.wait_for(lambda: all(sims.attached(i) for i in self._imsis), limit)
-        self.attached = sum(sims.attached(i) for i in self._imsis)
+            await sims.wait_for(lambda: len(self._attached) == len(self._imsis), limit)
+        self.attached = len(self._attached)
         if not self.attached:
             raise LoadError(f"no UE attached through {where} within {limit:.0f} s")
         if self.attached < len(self._imsis):
@@ -177,8 +191,11 @@ class SimulatedBearers:
                 self._up.setdefault(action.imsi, {})[action.e_rab_id] = time.monotonic()
         elif isinstance(action, sim.BearerDown):
             self._up.get(action.imsi, {}).pop(action.e_rab_id, None)
+        elif isinstance(action, sim.Attached):
+            self._attached.add(action.imsi)
         elif isinstance(action, sim.UeGone):
             self._up.pop(action.imsi, None)
+            self._attached.discard(action.imsi)
         elif isinstance(action, sim.SetupDone):
             self._set_up.add(action.enb)
         elif isinstance(action, sim.SetupFailed):

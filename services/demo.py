@@ -69,11 +69,28 @@ def _run(argv: list[str]) -> int:
     echoing it as the user would type it."""
     print(f"\n$ {shlex.join(argv)}", flush=True)
     module = {"volte": "services.cli", "loadgen": "loadgen"}[argv[0]]
-    return subprocess.run([sys.executable, "-m", module, *argv[1:]], check=False).returncode
+    proc = subprocess.Popen([sys.executable, "-m", module, *argv[1:]])
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as exc:
+        # Ctrl-C reached the command too (same process group); SIGTERM reached only us: pass
+        # it on. Either way let the command end cleanly (loadgen closes its eNBs and UEs).
+        if isinstance(exc, Terminated):
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop as on Ctrl-C (the stack is stopped on the way out)."""
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # the stack is stopped on the way out, as on Ctrl-C
+    raise Terminated
 
 
 def run_demo(demo: Demo) -> int:
