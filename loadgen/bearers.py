@@ -40,6 +40,7 @@ ENB_ID_BASE = 0x100  # macro eNB id of the first simulated eNB; worker shares fo
 CONNECT_TIMEOUT = 10.0  # seconds for the SCTP associations and S1 Setup
 RELEASE_GRACE = 3.0  # seconds after the load for the last releases to reach the eNBs
 QCI_VOICE = 1
+SCTP_TRANSPORTS = ("auto", "kernel", "userspace")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class BearerConfig:
             raise ValueError("--enbs: at least one eNodeB")
         if not 0.0 <= self.failures <= 1.0:
             raise ValueError("--enb-failures: a fraction between 0 and 1")
+        if self.transport not in SCTP_TRANSPORTS:
+            raise ValueError(f"SCTP transport {self.transport!r}: one of "
+                             f"{', '.join(SCTP_TRANSPORTS)}")
 
     def part(self, first: int, last: int) -> BearerConfig:
         """A worker's share: eNBs [first, last) of these."""
@@ -137,7 +141,7 @@ class SimulatedBearers:
                                 first_enb_id=ENB_ID_BASE + c.first_enb, name_prefix="loadgen-enb",
                                 auto_attach=False, failure_probability=c.failures,
                                 seed=self.seed),
-                host, port, transport=c.transport,  # type: ignore[arg-type]  # the CLI checks
+                host, port, transport=c.transport,  # type: ignore[arg-type]  # see __post_init__
                 on_event=self._on_event,
             )
         except RuntimeError as exc:  # no SCTP: neither the kernel's nor libusrsctp

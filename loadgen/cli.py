@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from loadgen.bearers import BearerConfig
+from loadgen.bearers import SCTP_TRANSPORTS, BearerConfig
 from loadgen.config import SCENARIOS, LoadConfig, Mix, parse_address
 from loadgen.engine import LoadError, ScenarioEvent, run_async, run_load
 from loadgen.progress import PlainDisplay, QuietDisplay, RichDisplay
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--bearers: the enb-agent's S1AP address (default: the stack's)")
     g.add_argument("--enb-grpc", metavar="HOST:PORT",
                    help="--bearers: the enb-agent's gRPC address (default: the stack's)")
-    g.add_argument("--sctp-transport", choices=("auto", "kernel", "userspace"),
+    g.add_argument("--sctp-transport", choices=SCTP_TRANSPORTS,
                    help="--bearers: SCTP as the enb-agent speaks it (default: the stack's; "
                         "auto = the kernel's if it has SCTP, else userspace over UDP)")
     g.add_argument("--enb-failures", type=_ratio, metavar="F",
@@ -331,7 +331,10 @@ def provision(config: LoadConfig, state: str, console: Console) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config, state = config_from_args(args)
+    try:
+        config, state = config_from_args(args)
+    except ValueError as exc:  # a value from the stack's stack.json that makes no sense
+        parser.error(str(exc))
     _check(config, parser)
     _check_bearers(args, config, parser)
     console = Console()
