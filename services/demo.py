@@ -29,6 +29,7 @@ from types import FrameType
 
 from services.stack import free_port
 
+UP_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class Demo:
@@ -46,12 +47,16 @@ class Demo:
     def run_dir(self) -> str:
         return str(Path(self.out) / "run")
 
-    def commands(self) -> tuple[list[str], list[str], list[str], list[str]]:
-        """`volte up`, `volte subscribers provision`, `loadgen call-setup`, `volte down`."""
+    def up(self) -> list[str]:
+        """`volte up` on ports free just now."""
+        return ["volte", "up", "--detach", "--run-dir", self.run_dir,
+                "--sip-port", str(free_port()), "--redis-port", str(free_port()),
+                "--state-grpc", f"127.0.0.1:{free_port()}",
+                "--sbc-grpc", f"127.0.0.1:{free_port()}"]
+
+    def commands(self) -> tuple[list[str], list[str], list[str]]:
+        """`volte subscribers provision`, `loadgen call-setup`, `volte down`."""
         run = ["--run-dir", self.run_dir]
-        up = ["volte", "up", "--detach", *run, "--sip-port", str(free_port()),
-              "--redis-port", str(free_port()), "--state-grpc", f"127.0.0.1:{free_port()}",
-              "--sbc-grpc", f"127.0.0.1:{free_port()}"]
         provision = ["volte", "subscribers", "provision", "--count", str(self.subscribers),
                      "--start", str(self.first), "--password", self.password, *run]
         load = ["loadgen", "call-setup", "--media", "--bearers", "--enbs", str(self.enbs),
@@ -61,7 +66,7 @@ class Demo:
                 "--max-failed-ratio", f"{self.max_failed_ratio:g}",
                 "--report", str(Path(self.out) / "report.json"), "--plots", self.out, *run]
         down = ["volte", "down", *run]
-        return up, provision, load, down
+        return provision, load, down
 
 
 def _run(argv: list[str]) -> int:
@@ -95,12 +100,14 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 
 def run_demo(demo: Demo) -> int:
     Path(demo.out).mkdir(parents=True, exist_ok=True)
-    up, provision, load, down = demo.commands()
+    provision, load, down = demo.commands()
     previous = signal.signal(signal.SIGTERM, _terminated)
     started = time.monotonic()
     code = 3
     try:
-        if _run(up) != 0:
+        # A port free when picked may be taken before `volte up` binds it (busy machine):
+        # `volte up` then says so and starts nothing, and the demo picks again.
+        if not any(_run(demo.up()) == 0 for _ in range(UP_ATTEMPTS)):
             print("demo: the stack did not start (above: why)", file=sys.stderr)
             return 3
         if _run(provision) != 0:

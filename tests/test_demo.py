@@ -28,14 +28,16 @@ def test_demo_runs_the_system_under_load_and_stops_it(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # the commands as a user would type them, in order
     steps = [line for line in done.stdout.splitlines() if line.startswith("$ ")]
-    assert [s.split()[1:3] for s in steps] == [["volte", "up"], ["volte", "subscribers"],
-                                               ["loadgen", "call-setup"], ["volte", "down"]]
-    assert "--bearers --enbs 10" in steps[2] and "--media" in steps[2]
+    kinds = [tuple(s.split()[1:3]) for s in steps]
+    assert kinds[-3:] == [("volte", "subscribers"), ("loadgen", "call-setup"),
+                          ("volte", "down")]
+    assert kinds[:-3] and set(kinds[:-3]) == {("volte", "up")}  # again if a port was taken
+    assert "--bearers --enbs 10" in steps[-2] and "--media" in steps[-2]
     assert "QCI-1 bearers checked / missing" in done.stdout  # loadgen's summary
 
     report = json.loads((out / "report.json").read_text())
     calls = report["calls"]
-    assert calls["succeeded"] >= 45 and calls["failed_ratio"] <= 0.01
+    assert calls["succeeded"] >= 45 and calls["failed_ratio"] <= 0.01, done.stdout[-3000:]
     assert report["media"]["calls_checked"] >= calls["succeeded"]
     assert report["media"]["calls_without_media"] == 0
     bearers = report["bearers"]
