@@ -1,9 +1,10 @@
 """The `volte` command: runs and inspects the whole stack on one machine.
 
-    volte up [--detach] [--provision N]    redis-server, state, media and sbc; endpoints printed
+    volte up [--detach] [--provision N]    redis-server, state, media, enb-agent and sbc
     volte status [--json]                  one row per process (sbc workers included)
     volte down                             stops what `volte up` started
     volte subscribers provision|add|list|delete
+    volte demo                             the whole system under load (`make demo`)
 
 Each subcommand sets `handler`, a function from the parsed arguments to the exit status. Options
 with a value follow the services' convention (services.common.config): `--sip-port 5070` is also
