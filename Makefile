@@ -23,7 +23,7 @@ help:
 	@echo "make lint   ruff check and mypy"
 	@echo "make test   venv + deps, lint, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"
 	@echo "make bench  run the benchmarks in tests/bench/"
-	@echo "make demo   the end-to-end demo"
+	@echo "make demo   the whole system under load for 30 s; report in out/demo/"
 	@echo "make clean  remove generated code, build output and caches (keeps .venv)"
 
 venv: $(STAMP)
@@ -66,8 +66,14 @@ bench: $(STAMP)
 	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
 	else echo "bench: no benchmarks yet (add tests/bench/__main__.py)"; fi
 
-demo: venv deps
-	@# A stack on free ports: redis-server, state, sbc; simulated UEs register and call.
+# What the demo needs from Debian: Redis, and libusrsctp for SCTP where the kernel has none.
+DEMO_TOOLS := redis-server:redis-server /usr/lib/usrsctp/echo_server:libusrsctp-examples
+
+demo: venv
+	@$(MAKE) --no-print-directory deps DEB_TOOLS="$(DEMO_TOOLS)"
+	@# `volte up` (every service, free ports, run dir out/demo/run), 1,000 subscribers, loadgen
+	@# call-setup with media and bearers through 10 simulated eNodeBs for 30 s, the summary,
+	@# out/demo/report.json and out/demo/report.png, `volte down` (services/demo.py).
 	$(VENV)/bin/volte demo
 
 clean:

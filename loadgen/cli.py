@@ -17,14 +17,17 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
+from loadgen.bearers import SCTP_TRANSPORTS, BearerConfig
 from loadgen.config import SCENARIOS, LoadConfig, Mix, parse_address
 from loadgen.engine import Display, LoadError, Outcome, ScenarioEvent, run_async, run_load
 from loadgen.progress import PlainDisplay, QuietDisplay, RichDisplay
 from services import __version__
 from services.sip.transport import Address
+from services.stack import DEFAULT_ENB_GRPC, DEFAULT_ENB_SCTP_PORT, StackConfig
 
 DEFAULT_RUN_DIR = f"/tmp/volte-{os.getuid()}"
 DEFAULT_STATE = "127.0.0.1:50051"
+DEFAULT_ENB_SCTP_HOST = "127.0.0.1"
 EPILOG = """\
 examples:
   loadgen register --subscribers 1000 --rate 200
@@ -69,6 +72,13 @@ def _ratio(text: str) -> float:
 def _address(text: str) -> Address:
     try:
         return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _sctp_address(text: str) -> Address:
+    try:
+        return parse_address(text, default_port=DEFAULT_ENB_SCTP_PORT)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -155,9 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1, help="random seed (call mix)")
     g.add_argument("--workers", type=_positive_int, default=1,
                    help="processes; each takes a share of the subscribers and the rate")
+    g = p.add_argument_group("bearers (the eNodeB side)")
     g.add_argument("--bearers", action="store_true",
-                   help="check the UEs' dedicated bearers via the eNodeB simulator (not "
-                        "available yet: accepted, reported as unchecked)")
+                   help="attach every UE through simulated eNodeBs (IMSI of its subscriber) "
+                        "and check that both UEs of each answered call hold a QCI-1 bearer; "
+                        "a call without fails (no_bearer)")
+    g.add_argument("--enbs", type=_positive_int,
+                   help="--bearers: simulated eNodeBs the UEs are spread over (default 1; "
+                        "with --workers, at least one per worker)")
+    g.add_argument("--enb-sctp", type=_sctp_address, metavar="HOST:PORT",
+                   help="--bearers: the enb-agent's S1AP address (default: the stack's)")
+    g.add_argument("--enb-grpc", metavar="HOST:PORT",
+                   help="--bearers: the enb-agent's gRPC address (default: the stack's)")
+    g.add_argument("--sctp-transport", choices=SCTP_TRANSPORTS,
+                   help="--bearers: SCTP as the enb-agent speaks it (default: the stack's; "
+                        "auto = the kernel's if it has SCTP, else userspace over UDP)")
+    g.add_argument("--enb-failures", type=_ratio, metavar="F",
+                   help="--bearers: failure injection, the eNBs refuse this fraction of E-RAB "
+                        "set-ups (radio resources not available)")
     g = p.add_argument_group("scenario events")
     g.add_argument("--event-at", type=_non_negative_float,
                    help="failover: seconds into the load to kill an sbc worker "
@@ -190,18 +215,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stack_defaults(run_dir: str) -> tuple[Address | None, str | None, str | None]:
-    """The `volte up` stack in run_dir: its SIP address, domain and state gRPC address."""
+def _stack_config(run_dir: str) -> StackConfig | None:
+    """The configuration of the `volte up` stack in run_dir, if there is one."""
     from services.stack import Stack
 
     try:
         stack = Stack.load(run_dir)
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if stack is None else stack.config
+
+
+def _stack_defaults(run_dir: str) -> tuple[Address | None, str | None, str | None]:
+    """The `volte up` stack in run_dir: its SIP address, domain and state gRPC address."""
+    c = _stack_config(run_dir)
+    if c is None:
         return None, None, None
-    if stack is None:
-        return None, None, None
-    c = stack.config
     return (c.sip_host, c.sip_port), c.domain, c.state_grpc
+
+
+def bearer_config(args: argparse.Namespace) -> BearerConfig | None:
+    """--bearers and its options; what is not given comes from the stack in --run-dir."""
+    if not args.bearers:
+        return None
+    stack = _stack_config(args.run_dir)
+    sctp: Address = (DEFAULT_ENB_SCTP_HOST, DEFAULT_ENB_SCTP_PORT)
+    grpc_address, transport = DEFAULT_ENB_GRPC, "auto"
+    if stack is not None:
+        # the agent may listen on every address: connect to this machine's
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(
+            stack.enb_sctp_host, stack.enb_sctp_host)
+        sctp = (host, stack.enb_sctp_port)
+        grpc_address, transport = stack.enb_grpc, stack.enb_sctp_transport
+    return BearerConfig(enbs=args.enbs or 1, sctp=args.enb_sctp or sctp,
+                        grpc=args.enb_grpc or grpc_address,
+                        transport=args.sctp_transport or transport,
+                        failures=args.enb_failures or 0.0)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[LoadConfig, str]:
@@ -218,13 +267,31 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadConfig, str]:
         ring=args.ring, expires=args.expires,
         reregister=args.reregister, register_rate=args.register_rate, bind=args.bind,
         clear_bindings=args.clear_bindings, unregister=args.unregister,
-        bearers=args.bearers, run_dir=args.run_dir, event_at=args.event_at,
+        bearers=bearer_config(args), run_dir=args.run_dir, event_at=args.event_at,
         kill_signal=args.kill_signal,
         steps=args.steps if args.scenario == "scale-out" else (),
         step_duration=args.step_duration, window=args.window,
         max_failed_ratio=args.max_failed_ratio, max_p99_setup_ms=args.max_p99_setup_ms,
     )
     return config, args.state or state or DEFAULT_STATE
+
+
+def _check_bearers(args: argparse.Namespace, config: LoadConfig,
+                   parser: argparse.ArgumentParser) -> None:
+    given = [flag for flag, value in (("--enbs", args.enbs), ("--enb-sctp", args.enb_sctp),
+                                      ("--enb-grpc", args.enb_grpc),
+                                      ("--sctp-transport", args.sctp_transport),
+                                      ("--enb-failures", args.enb_failures))
+             if value is not None]
+    if config.bearers is None:
+        if given:
+            parser.error(f"{given[0]} needs --bearers")
+        return
+    if not config.is_call_scenario:
+        parser.error("--bearers checks calls: not for `register`")
+    if config.bearers.enbs < config.workers:
+        parser.error(f"--enbs {config.bearers.enbs} --workers {config.workers}: each worker "
+                     "attaches its UEs through eNBs of its own; give at least one per worker")
 
 
 def _check(config: LoadConfig, parser: argparse.ArgumentParser) -> None:
@@ -270,8 +337,12 @@ def provision(config: LoadConfig, state: str, console: Console) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config, state = config_from_args(args)
+    try:
+        config, state = config_from_args(args)
+    except ValueError as exc:  # a value from the stack's stack.json that makes no sense
+        parser.error(str(exc))
     _check(config, parser)
+    _check_bearers(args, config, parser)
     console = Console()
     try:
         return run(config, state, args, console)

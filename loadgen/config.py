@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from services.sip.transport import Address
+
+if TYPE_CHECKING:
+    from loadgen.bearers import BearerConfig
 
 SCENARIOS = ("register", "call-setup", "failover", "scale-out", "soak")
 # When neither --calls nor --duration is given: every run is bounded in count and time.
@@ -118,7 +122,7 @@ class LoadConfig:
     bind: str = "127.0.0.1"  # the UEs' own address
     clear_bindings: bool = True  # REGISTER Contact: * Expires 0 before the load
     unregister: bool = True  # remove our bindings after it
-    bearers: bool = False
+    bearers: BearerConfig | None = None  # --bearers: simulated eNBs, bearer checks
     # failover
     run_dir: str = ""
     event_at: float | None = None
@@ -233,6 +237,7 @@ class LoadConfig:
             seed=self.seed * 1000 + index,
             phase=index / count,
             workers=1,
+            bearers=self.bearers and self.bearers.part(*_slice(self.bearers.enbs, index, count)),
         )
 
 

@@ -88,7 +88,7 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.calls: dict[str, OutgoingCall] = {}
         self.t0 = 0.0
-        self.bearers: BearerCheck = bearer_check(config.bearers)
+        self.bearers: BearerCheck = bearer_check(config.bearers, config.seed)
         self._timeline_path = timeline
         self._timeline: IO[str] | None = None
         self._registering: set[LoadUe] = set()
@@ -111,6 +111,8 @@ class Worker:
         for ue in self.ues:
             await ue.start(c.bind)
         self.results.ues = len(self.ues)
+        if c.is_call_scenario:  # on LTE before registering with IMS, as a handset is
+            await self.bearers.attach([ue.number for ue in self.ues])
         if self._timeline_path:
             self._timeline = open(self._timeline_path, "w")  # noqa: SIM115 - closed in run()
         if not c.is_call_scenario:
@@ -125,7 +127,6 @@ class Worker:
                 self.idle.append(len(self.pairs))
                 self.pairs.append((a, b))
                 self.flip.append(False)
-        await self.bearers.attach([ue.number for ue in self.ues])
 
     async def _prepare_ues(self, *, register: bool) -> None:
         """Clear each UE's old bindings and (call scenarios) register it, paced at
@@ -346,7 +347,8 @@ class Worker:
                 if kind == CallKind.NORMAL:
                     await call.wait(c.hold)
                     if not record.dropped:
-                        record.bearer_ok = await self.bearers.check(caller.number, callee.number)
+                        record.bearer_ok = await self.bearers.check(
+                            caller.number, callee.number, record.started)
                 await call.hang_up()
         except asyncio.CancelledError:
             record.cause = record.cause or "aborted"
@@ -501,6 +503,8 @@ class Worker:
                 ue.finish_terminating(cid)
             await ue.close()
         await self.bearers.close()
+        self.results.bearers_attached = self.bearers.attached
+        self.results.bearers_left = self.bearers.left
         if self._timeline is not None:
             self._timeline.close()
             self._timeline = None
@@ -695,6 +699,8 @@ def _process_main(config: LoadConfig, index: int, timeline: str, link: Connectio
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
         try:
             run_async(_process(config, index, timeline, link))
+        except LoadError as exc:  # said plainly, as with one worker
+            link.send(("error", str(exc)))
         except Exception:
             link.send(("error", traceback.format_exc()))
         finally:

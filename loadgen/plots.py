@@ -2,7 +2,8 @@
 
 `write_plots(report, directory)` writes `cps.png` (offered vs achieved calls per second),
 `latency.png` (setup latency p50/p99 per second), `failures.png` (failures, blocked offers and
-503s per second) and `report.png` with the three stacked; the failover kill and the
+503s per second) and `report.png`, the summary page: the three stacked under a headline
+(calls, failures, cps, calls without audio or bearers); the failover kill and the
 scale-out steps (and the step where the sbc saturated) are marked on each.
 """
 
@@ -77,6 +78,21 @@ def _failures(ax: Axes, report: dict[str, Any], x: list[int]) -> None:
     ax.legend(loc="upper right", fontsize=8)
 
 
+def headline(report: dict[str, Any]) -> str:
+    """The run in one line, for the summary page: calls, rate, media and bearer checks."""
+    if report["scenario"] == "register":
+        regs = report["registrations"]
+        return f"{regs['attempted']} REGISTERs, {regs['failed']} failed"
+    calls, media, bearers = report["calls"], report["media"], report["bearers"]
+    parts = [f"{calls['attempted']} calls, {calls['failed']} failed "
+             f"({calls['failed_ratio'] * 100:.2f} %), {report['cps']['achieved']:.1f} cps"]
+    if media["enabled"]:
+        parts.append(f"no audio {media['calls_without_media']}/{media['calls_checked']}")
+    if bearers["enabled"]:
+        parts.append(f"no bearer {bearers['failed']}/{bearers['checked']}")
+    return "; ".join(parts)
+
+
 def _draw(ax: Axes, draw: Callable[[Axes, dict[str, Any], list[int]], None],
           report: dict[str, Any], x: list[int]) -> None:
     draw(ax, report, x)
@@ -105,7 +121,7 @@ def write_plots(report: dict[str, Any], directory: str) -> list[Path]:
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for ax, draw in zip(axes, (_cps, _latency, _failures), strict=True):
         _draw(ax, draw, report, x)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}\n{headline(report)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "report.png", dpi=100)
     plt.close(fig)

@@ -120,12 +120,7 @@ def build_report(
             "rtp_packets_sent": r.rtp_sent,
             "rtp_packets_received": r.rtp_received,
         },
-        "bearers": {
-            "enabled": config.bearers,
-            "checked": r.bearers_checked,
-            "failed": r.bearers_failed,
-            "note": _bearer_note(config),
-        },
+        "bearers": _bearers(config, r),
         "engine": {
             "workers": r.workers,
             "ues": r.ues,
@@ -144,10 +139,16 @@ def build_report(
     return report
 
 
-def _bearer_note(config: LoadConfig) -> str:
+def _bearers(config: LoadConfig, r: Results) -> dict[str, Any]:
     from loadgen.bearers import bearer_check
 
-    return bearer_check(config.bearers).note
+    out: dict[str, Any] = {"enabled": config.bearers is not None,
+                           "checked": r.bearers_checked, "failed": r.bearers_failed,
+                           "note": bearer_check(config.bearers).note}
+    if config.bearers is not None:
+        out.update(enbs=config.bearers.enbs, ues_attached=r.bearers_attached,
+                   left_after_load=r.bearers_left)
+    return out
 
 
 def _config(c: LoadConfig) -> dict[str, Any]:
@@ -338,6 +339,12 @@ def _warnings(c: LoadConfig, r: Results, report: dict[str, Any]) -> list[str]:
     if lag95 is not None and lag99 is not None and lag95 > 20:  # late often, not once
         out.append(f"loadgen's scheduler was late (p95 {lag95:.0f} ms, p99 {lag99:.0f} ms): "
                    "offers came in bursts; give loadgen more --workers (or cores)")
+    if c.bearers is not None and r.bearers_attached < r.ues:
+        out.append(f"{r.ues - r.bearers_attached} of {r.ues} UEs did not attach through the "
+                   "simulated eNBs: their calls fail with no_bearer")
+    if r.bearers_left:
+        out.append(f"{r.bearers_left} UEs still held a QCI-1 bearer at the enb-agent after "
+                   "the load (not released)")
     if c.is_call_scenario and not c.media:
         out.append("media off: no audio check was made")
     if c.media and c.is_call_scenario and c.hold < 0.1:
@@ -381,6 +388,11 @@ def summary(report: dict[str, Any], console: Console) -> None:
             head.add_row("calls without media (one-way)",
                          f"{media['calls_without_media']} ({media['one_way']}) "
                          f"of {media['calls_checked']}")
+        bearers = report["bearers"]
+        if bearers["enabled"]:
+            head.add_row("QCI-1 bearers checked / missing",
+                         f"{bearers['checked']} / {bearers['failed']} ({bearers['ues_attached']} "
+                         f"UEs on {bearers['enbs']} eNBs)")
         head.add_row("dropped by the network", str(calls["dropped"]))
     head.add_row("REGISTER attempted / succeeded / failed",
                  f"{regs['attempted']} / {regs['succeeded']} / {regs['failed']}")

@@ -181,6 +181,8 @@ class Results:
     rtp_received: int = 0
     bearers_checked: int = 0
     bearers_failed: int = 0
+    bearers_attached: int = 0  # UEs attached through the simulated eNBs before the load
+    bearers_left: int = 0  # UEs still holding a QCI-1 bearer after it
     seconds: dict[int, Second] = field(default_factory=dict)
     lag: Histogram = field(default_factory=Histogram)  # how late the scheduler woke, ms
     failover: FailoverTally = field(default_factory=FailoverTally)
@@ -206,7 +208,8 @@ class Results:
                      "reg_failed", "reregistrations", "reg_failovers", "bindings_cleared",
                      "unregistered", "media_checked",
                      "media_without", "media_one_way", "rtp_sent", "rtp_received",
-                     "bearers_checked", "bearers_failed", "ues"):
+                     "bearers_checked", "bearers_failed", "bearers_attached",
+                     "bearers_left", "ues"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failed_by_cause.update(other.failed_by_cause)
         self.reg_failed_by_cause.update(other.reg_failed_by_cause)

@@ -1,9 +1,10 @@
 """The `volte` command: runs and inspects the whole stack on one machine.
 
-    volte up [--detach] [--provision N]    redis-server, state, media and sbc; endpoints printed
+    volte up [--detach] [--provision N]    redis-server, state, media, enb-agent and sbc
     volte status [--json]                  one row per process (sbc workers included)
     volte down                             stops what `volte up` started
     volte subscribers provision|add|list|delete
+    volte demo                             the whole system under load (`make demo`)
 
 Each subcommand sets `handler`, a function from the parsed arguments to the exit status. Options
 with a value follow the services' convention (services.common.config): `--sip-port 5070` is also
@@ -93,6 +94,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
     return value
 
 
@@ -213,9 +224,12 @@ class UpOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class DemoOptions:
-    pairs: int = option(5, "caller/callee pairs calling at once", parse=_positive)
-    rounds: int = option(3, "rounds of calls", parse=_positive)
-    hold: float = option(0.5, "seconds each call lasts")
+    out: str = option("out/demo", "where the report, the plots and the stack's run dir go")
+    subscribers: int = option(1000, "subscribers provisioned and simulated", parse=_positive)
+    enbs: int = option(10, "simulated eNodeBs the UEs attach through", parse=_positive)
+    rate: float = option(15.0, "calls per second offered", parse=_positive_float)
+    hold: float = option(2.0, "seconds each call lasts (RTP both ways)", parse=_positive_float)
+    duration: float = option(30.0, "seconds of load", parse=_positive_float)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,7 +364,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
     stack.preflight()  # busy ports, no redis-server: one line, before anything is said or run
-    started = "redis-server, state, media and sbc" if not opts.redis else "state, media and sbc"
+    started = "state, media, enb-agent and sbc"
+    started = started if opts.redis else f"redis-server, {started}"
     print(f"volte: starting {started} (logs in {run_dir}) ...", file=sys.stderr, flush=True)
     try:
         stack.start(timeout=opts.start_timeout)  # on any failure it stops what it started
@@ -407,6 +422,7 @@ def _print_endpoints(stack: Stack, opts: UpOptions) -> None:
         ["state gRPC", f"{c.state_grpc} (volte.v1.StateStore)"],
         ["sbc gRPC", sbc_grpc],
         ["media", _media_row(stack)],
+        ["enb-agent", _enb_row(stack)],
         ["Redis", redis],
     ]
     if c.next_hop:
@@ -426,6 +442,16 @@ def _print_endpoints(stack: Stack, opts: UpOptions) -> None:
         print(f"Stop it with: {down}", flush=True)
     else:
         print(f"Stop it with Ctrl-C (or `{down}` from another shell)", flush=True)
+
+
+def _enb_row(stack: Stack) -> str:
+    from services.stack import sctp_kind
+
+    c = stack.config
+    sctp = "kernel SCTP" if sctp_kind(c.enb_sctp_transport) == "SCTP" else \
+        "userspace SCTP over UDP"
+    return (f"S1AP {c.enb_sctp_host}:{c.enb_sctp_port} ({sctp}); gRPC {c.enb_grpc} "
+            "(volte.v1.BearerControl)")
 
 
 def _media_row(stack: Stack) -> str:
@@ -476,10 +502,11 @@ def _foreground(stack: Stack) -> int:
 
 # -- volte down, status -----------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo  # loads loadgen: only when asked for
+    from services.demo import Demo, run_demo
 
     opts = _options(args, DemoOptions)
-    return run_demo(pairs=opts.pairs, calls=opts.rounds, hold=opts.hold)
+    return run_demo(Demo(out=opts.out, subscribers=opts.subscribers, enbs=opts.enbs,
+                         rate=opts.rate, hold=opts.hold, duration=opts.duration))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -670,7 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
              "forwards latched RTP in the kernel")
     _command(commands, "down", cmd_down, RunDirOptions, "stop the stack `volte up` started")
     _command(commands, "demo", cmd_demo, DemoOptions,
-             "run a stack on free ports, register simulated UEs, call through the sbc, stop")
+             "the whole system under load: `volte up` (free ports, run dir under --out), "
+             "provision --subscribers, `loadgen call-setup` with media and bearers through "
+             "--enbs simulated eNodeBs, the summary, report.json and report.png in --out, "
+             "`volte down`")
     status = _command(
         commands, "status", cmd_status, RunDirOptions,
         "show each process of the stack; exit 0 all serving, 1 some not, 3 nothing running",

@@ -1,90 +1,127 @@
-"""`volte demo`: the whole call flow on one machine, start to finish, in about ten seconds.
+"""`volte demo` (what `make demo` runs): the whole system under load on one machine.
 
-Starts redis-server, state and sbc (on free ports, in a temporary run directory, so it never
-collides with a `volte up`), provisions subscribers, registers simulated UEs (loadgen's) with
-digest auth, places calls between them through the sbc (INVITE/180/200/ACK/BYE), prints what
-happened with setup times, and stops everything.
+It runs the commands a user would type, printing each before it runs:
+
+    volte up --detach --run-dir out/demo/run --sip-port P ...   every service, free ports
+    volte subscribers provision --count 1000 --run-dir out/demo/run
+    loadgen call-setup --media --bearers --enbs 10 --subscribers 1000 --duration 30 \\
+        --rate R --hold 2 --report out/demo/report.json --plots out/demo --run-dir ...
+    volte down --run-dir out/demo/run                            always, failure or Ctrl-C
+
+The stack's SIP, Redis, state and sbc ports are free ones picked here, and the media relay's
+and enb-agent's default ports give way to free ones when busy, so the demo never collides with
+a `volte up` of the user's (or another demo). loadgen prints its summary and writes the JSON
+report and the plots (`report.png` is the one-page summary). The exit status is loadgen's: 0
+when at most --max-failed-ratio of the calls failed, 1 otherwise; 3 when the stack or the run
+could not start.
 """
 
 from __future__ import annotations
 
-import asyncio
-import statistics
-import tempfile
+import shlex
+import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 
-from loadgen.ue import Ue
-from services.stack import Stack, StackConfig, free_port
-from services.subscribers import Provisioner
+from services.stack import free_port
 
-FIRST = 100000
-PASSWORD = "demo-secret"
+UP_ATTEMPTS = 3
+
+@dataclass(frozen=True)
+class Demo:
+    out: str = "out/demo"
+    subscribers: int = 1000
+    enbs: int = 10
+    rate: float = 15.0
+    hold: float = 2.0
+    duration: float = 30.0
+    max_failed_ratio: float = 0.01
+    first: int = 100000
+    password: str = "demo-secret"
+
+    @property
+    def run_dir(self) -> str:
+        return str(Path(self.out) / "run")
+
+    def up(self) -> list[str]:
+        """`volte up` on ports free just now."""
+        return ["volte", "up", "--detach", "--run-dir", self.run_dir,
+                "--sip-port", str(free_port()), "--redis-port", str(free_port()),
+                "--state-grpc", f"127.0.0.1:{free_port()}",
+                "--sbc-grpc", f"127.0.0.1:{free_port()}"]
+
+    def commands(self) -> tuple[list[str], list[str], list[str]]:
+        """`volte subscribers provision`, `loadgen call-setup`, `volte down`."""
+        run = ["--run-dir", self.run_dir]
+        provision = ["volte", "subscribers", "provision", "--count", str(self.subscribers),
+                     "--start", str(self.first), "--password", self.password, *run]
+        load = ["loadgen", "call-setup", "--media", "--bearers", "--enbs", str(self.enbs),
+                "--subscribers", str(self.subscribers), "--start", str(self.first),
+                "--password", self.password, "--duration", f"{self.duration:g}",
+                "--rate", f"{self.rate:g}", "--hold", f"{self.hold:g}",
+                "--max-failed-ratio", f"{self.max_failed_ratio:g}",
+                "--report", str(Path(self.out) / "report.json"), "--plots", self.out, *run]
+        down = ["volte", "down", *run]
+        return provision, load, down
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-async def place_calls(stack: Stack, pairs: int, calls: int, hold: float) -> int:
-    config = stack.config
-    proxy = (config.sip_host, config.sip_port)
-    ues = [Ue(str(FIRST + i), PASSWORD, domain=config.domain, proxy=proxy)
-           for i in range(2 * pairs)]
-    for ue in ues:
-        await ue.start()
+def _run(argv: list[str]) -> int:
+    """Run a `volte` or `loadgen` command line with this interpreter (the same installation),
+    echoing it as the user would type it."""
+    print(f"\n$ {shlex.join(argv)}", flush=True)
+    module = {"volte": "services.cli", "loadgen": "loadgen"}[argv[0]]
+    proc = subprocess.Popen([sys.executable, "-m", module, *argv[1:]])
     try:
-        started = time.monotonic()
-        registered = await asyncio.gather(*(ue.register() for ue in ues))
-        ok = sum(r.status == 200 for r in registered)
-        print(f"registered {ok}/{len(ues)} UEs with digest auth in "
-              f"{(time.monotonic() - started) * 1000:.0f} ms")
-        if ok != len(ues):
-            return 1
-        results = []
-        for round_ in range(calls):
-            batch = await asyncio.gather(
-                *(ues[2 * i].call(ues[2 * i + 1].number, hold=hold) for i in range(pairs))
-            )
-            results += batch
-            answered = sum(r.status == 200 and r.ended for r in batch)
-            print(f"round {round_ + 1}: {answered}/{pairs} calls answered and hung up")
-        good = [r for r in results if r.status == 200 and r.ended]
-        ringing = [r.ringing_ms for r in good if r.ringing_ms is not None]
-        answered_ms = [r.answered_ms for r in good if r.answered_ms is not None]
-        print(f"\n{len(good)}/{len(results)} calls completed through the sbc")
-        if ringing and answered_ms:
-            print(f"INVITE -> 180: median {statistics.median(ringing):.1f} ms, "
-                  f"p95 {percentile(ringing, 0.95):.1f} ms")
-            print(f"INVITE -> 200: median {statistics.median(answered_ms):.1f} ms, "
-                  f"p95 {percentile(answered_ms, 0.95):.1f} ms")
-        return 0 if len(good) == len(results) else 1
-    finally:
-        for ue in ues:
-            await ue.close()
-
-
-def run_demo(pairs: int = 5, calls: int = 3, hold: float = 0.5) -> int:
-    with tempfile.TemporaryDirectory(prefix="volte-demo-") as run_dir:
-        config = StackConfig(
-            sip_port=free_port(),
-            redis_port=free_port(),
-            state_grpc=f"127.0.0.1:{free_port()}",
-            sbc_grpc=f"127.0.0.1:{free_port()}",
-            run_dir=run_dir,
-        )
-        stack = Stack(config)
-        started = time.monotonic()
-        stack.start()
+        return proc.wait()
+    except KeyboardInterrupt as exc:
+        # Ctrl-C reached the command too (same process group); SIGTERM reached only us: pass
+        # it on. Either way let the command end cleanly (loadgen closes its eNBs and UEs).
+        if isinstance(exc, Terminated):
+            proc.send_signal(signal.SIGINT)
         try:
-            print(f"stack up in {time.monotonic() - started:.1f} s: redis {stack.redis_url}, "
-                  f"state {config.state_grpc}, sbc SIP {config.sip_host}:{config.sip_port} "
-                  f"(UDP+TCP), domain {config.domain}")
-            provisioner = Provisioner(config.state_grpc)
-            provisioner.provision(2 * pairs, FIRST, config.domain, PASSWORD)
-            provisioner.close()
-            print(f"provisioned {2 * pairs} subscribers sip:{FIRST}@{config.domain} ...")
-            return asyncio.run(place_calls(stack, pairs, calls, hold))
-        finally:
-            stack.stop()
-            print("stack stopped")
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop as on Ctrl-C (the stack is stopped on the way out)."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def run_demo(demo: Demo) -> int:
+    Path(demo.out).mkdir(parents=True, exist_ok=True)
+    provision, load, down = demo.commands()
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    started = time.monotonic()
+    code = 3
+    try:
+        # A port free when picked may be taken before `volte up` binds it (busy machine):
+        # `volte up` then says so and starts nothing, and the demo picks again.
+        if not any(_run(demo.up()) == 0 for _ in range(UP_ATTEMPTS)):
+            print("demo: the stack did not start (above: why)", file=sys.stderr)
+            return 3
+        if _run(provision) != 0:
+            return 3
+        code = _run(load)
+        return code
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        code = 130
+        return code
+    finally:
+        _run(down)
+        signal.signal(signal.SIGTERM, previous)
+        report, png = Path(demo.out) / "report.json", Path(demo.out) / "report.png"
+        if code in (0, 1) and report.exists() and png.exists():
+            print(f"\ndemo: {time.monotonic() - started:.0f} s; the report is {report}, its "
+                  f"summary plot {png}", flush=True)

@@ -16,11 +16,17 @@ from volte.v1 import state_pb2, state_pb2_grpc
 TEST_PLMN = "00101"
 
 
+def imsi_of(number: str) -> str:
+    """The IMSI a provisioned subscriber gets unless one is given: PLMN 001 01, MSIN = the
+    number zero-padded to 10 digits."""
+    return (TEST_PLMN + number.zfill(10))[-15:]
+
+
 def subscriber(number: str, domain: str, password: str, imsi: str = "") -> state_pb2.Subscriber:
     return state_pb2.Subscriber(
         impi=number,
         impus=[f"sip:{number}@{domain}"],
-        imsi=imsi or (TEST_PLMN + number.zfill(10))[-15:],
+        imsi=imsi or imsi_of(number),
         msisdn=number,
         credentials=state_pb2.DigestCredentials(
             realm=domain,

@@ -151,6 +151,7 @@ class Attached:
 class BearerUp:
     imsi: str
     e_rab_id: int
+    qci: int = 1  # from the E-RAB's QoS in the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +428,7 @@ class EnbSimulator:
                 teid = next(self._teids)
                 ue.bearers[r.e_rab_id] = teid
                 setup.append(ERabSetupItem(r.e_rab_id, self.config.enb_address, teid))
-                events.append(BearerUp(ue.imsi, r.e_rab_id))
+                events.append(BearerUp(ue.imsi, r.e_rab_id, r.qos.qci))
                 continue
             failed.append(ERabCauseItem(r.e_rab_id, cause))
             events.append(BearerRejected(ue.imsi, r.e_rab_id, cause))

@@ -12,11 +12,14 @@ from collections import Counter
 import pytest
 
 from loadgen.agent import CallRecord, LoadUe
+from loadgen.bearers import BearerConfig, SimulatedBearers
 from loadgen.config import CallKind, LoadConfig, Mix, parse_address
 from loadgen.engine import Outcome, Worker
 from loadgen.report import CSV_COLUMNS, build_report, write_csv, write_json
 from loadgen.scenarios import step_saturated
 from loadgen.stats import Histogram, Results, merge_all, recovery_seconds
+from services.enb.simulator import BearerDown, BearerUp, EnbSimulator, SimulatorConfig, UeGone
+from services.subscribers import imsi_of, subscriber
 
 # -- configuration ------------------------------------------------------------------------------
 
@@ -79,6 +82,39 @@ def test_shares_cover_every_pair() -> None:
     shares = [c.share(i, 3) for i in range(3)]
     numbers = [n for s in shares for n in range(s.start, s.start + s.subscribers)]
     assert numbers == list(range(100, 120))
+
+
+def test_shares_give_each_worker_enbs_of_its_own() -> None:
+    c = LoadConfig("call-setup", subscribers=40, bearers=BearerConfig(enbs=5))
+    shares = [c.share(i, 2) for i in range(2)]
+    assert [(s.bearers.enbs, s.bearers.first_enb) for s in shares if s.bearers] == [(3, 0), (2, 3)]
+    assert LoadConfig("call-setup").share(0, 2).bearers is None
+    for bad in ({"enbs": 0}, {"failures": 1.5}, {"transport": "tcp"}):
+        with pytest.raises(ValueError):
+            BearerConfig(**bad)
+
+
+def test_simulated_ues_carry_their_subscribers_imsis() -> None:
+    # loadgen spreads consecutive numbers over the eNBs; each UE must attach with the IMSI the
+    # subscriber record has, or the sbc's bearer request names a UE the agent does not know
+    sim = EnbSimulator(SimulatorConfig(enbs=3, ues_per_enb=4, imsi_base=100000))
+    assert sim.imsis == [imsi_of(str(n)) for n in range(100000, 100012)]
+    assert subscriber("100005", "ims.local", "pw").imsi == imsi_of("100005") == "001010000100005"
+
+
+async def test_the_bearer_check_wants_both_ues_and_a_bearer_of_this_call() -> None:
+    check = SimulatedBearers(BearerConfig())
+    before = time.monotonic()
+    for number in ("100000", "100001"):
+        check._on_event(BearerUp(imsi_of(number), 6, qci=1))
+    check._on_event(BearerUp(imsi_of("100002"), 6, qci=9))  # not a voice bearer
+    assert await check.check("100000", "100001", before)
+    assert not await check.check("100000", "100001", time.monotonic())  # an older call's
+    assert not await check.check("100002", "100000", before)
+    check._on_event(BearerDown(imsi_of("100001"), 6))
+    assert not await check.check("100000", "100001", before)
+    check._on_event(UeGone(imsi_of("100000"), None))
+    assert not await check.check("100000", "100001", before)
 
 
 # -- statistics ---------------------------------------------------------------------------------
