@@ -134,10 +134,11 @@ def build_report(
         },
         "events": outcome.events,
         "failover": _failover(config, r, outcome) if config.scenario == "failover" else None,
-        "scale_out": _scale_out(config, r, sbc_workers) if config.scenario == "scale-out"
-        else None,
+        "scale_out": _scale_out(config, r, sbc_workers, outcome.events)
+        if config.scenario == "scale-out" else None,
         "soak": _soak(config, r) if config.scenario == "soak" else None,
         "timeseries": series,
+        "kube": outcome.kube,  # the contexts, Jobs and pods of a Kubernetes run (else None)
     }
     report["thresholds"] = thresholds(config, report)
     report["passed"] = not any(t["exceeded"] for t in report["thresholds"].values())
@@ -176,6 +177,8 @@ def _failover(c: LoadConfig, r: Results, outcome: Outcome) -> dict[str, Any]:
         "event_at_s": c.failover_at,
         "killed_at_s": kill.get("t_s"),
         "killed_pid": kill.get("pid"),
+        "killed_pod": kill.get("pod"),  # Kubernetes: the sbc pod deleted, and where
+        "killed_in_context": kill.get("context"),
         "signal": kill.get("signal"),
         "recovery_s": None if recovery is None else float(recovery),
         "recovered": recovery is not None,
@@ -201,47 +204,63 @@ def _merge_seconds(r: Results, first: int, last: int) -> Second:
     return total
 
 
-def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None) -> dict[str, Any]:
-    steps: list[dict[str, Any]] = []
-    base_p99: float | None = None
-    saturated_at: int | None = None
-    for i, rate in enumerate(c.steps):
-        first = int(i * c.step_duration)
-        last = int((i + 1) * c.step_duration)
-        s = _merge_seconds(r, first, last)
-        span = max(last - first, 1)
-        p99 = s.setup.percentile(0.99)
-        if i == 0:
-            base_p99 = p99
-        achieved = s.achieved / span
-        offered = s.offered / span
-        started = s.started_ok + s.started_failed
-        reasons = []
-        if s.rejected_503:
-            reasons.append(f"{s.rejected_503} x 503")
-        if offered and achieved < 0.95 * offered:
-            reasons.append("achieved < 95% of offered")
-        if p99 is not None and base_p99 is not None and p99 > 2 * base_p99 and \
-                p99 > base_p99 + 50:
-            reasons.append("setup p99 more than doubled")
-        if reasons and saturated_at is None:
-            saturated_at = i
-        steps.append({
-            "step": i, "from_s": first, "to_s": last, "rate": rate,
-            "offered_cps": round(offered, 3), "achieved_cps": round(achieved, 3),
-            "failed": s.started_failed, "failed_ratio": _ratio(s.started_failed, started),
-            "rejected_503": s.rejected_503, "setup_p50_ms": _round(s.setup.percentile(0.5)),
-            "setup_p99_ms": _round(p99), "saturated": bool(reasons), "why": reasons,
-        })
-    best = max((float(s["achieved_cps"]) for s in steps), default=0.0)
+def scale_step(c: LoadConfig, r: Results, i: int, base_p99: float | None) -> dict[str, Any]:
+    """Step `i` of a scale-out run: its figures and why it counts as saturated (503s, achieved
+    under 95 % of offered, setup p99 more than doubled from step 0's `base_p99`). Used for the
+    report and, during a Kubernetes run, to decide when to add an sbc replica."""
+    first = int(i * c.step_duration)
+    last = int((i + 1) * c.step_duration)
+    s = _merge_seconds(r, first, last)
+    span = max(last - first, 1)
+    p99 = s.setup.percentile(0.99)
+    achieved = s.achieved / span
+    offered = s.offered / span
+    started = s.started_ok + s.started_failed
+    reasons = []
+    if s.rejected_503:
+        reasons.append(f"{s.rejected_503} x 503")
+    if offered and achieved < 0.95 * offered:
+        reasons.append("achieved < 95% of offered")
+    if p99 is not None and base_p99 is not None and i > 0 and p99 > 2 * base_p99 and \
+            p99 > base_p99 + 50:
+        reasons.append("setup p99 more than doubled")
     return {
-        "sbc_workers": sbc_workers,
-        "steps": steps,
-        "saturated_at_step": saturated_at,
-        "max_achieved_cps": best,
-        "cps_by_workers": {str(sbc_workers): best} if sbc_workers else {},
-        "scaled": False,
-        "action": SCALE_NOTE,
+        "step": i, "from_s": first, "to_s": last, "rate": c.steps[i],
+        "offered_cps": round(offered, 3), "achieved_cps": round(achieved, 3),
+        "failed": s.started_failed, "failed_ratio": _ratio(s.started_failed, started),
+        "rejected_503": s.rejected_503, "setup_p50_ms": _round(s.setup.percentile(0.5)),
+        "setup_p99_ms": _round(p99), "saturated": bool(reasons), "why": reasons,
+    }
+
+
+def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None,
+               events: list[dict[str, Any]]) -> dict[str, Any]:
+    base_p99 = _merge_seconds(r, 0, int(c.step_duration)).setup.percentile(0.99)
+    steps = [scale_step(c, r, i, base_p99) for i in range(len(c.steps))]
+    saturated_at = next((s["step"] for s in steps if s["saturated"]), None)
+    best = max((float(s["achieved_cps"]) for s in steps), default=0.0)
+    scale = next((e for e in events if e.get("kind") == "scale"), None)
+    if scale is None:
+        return {
+            "sbc_workers": sbc_workers, "steps": steps, "saturated_at_step": saturated_at,
+            "max_achieved_cps": best,
+            "cps_by_workers": {str(sbc_workers): best} if sbc_workers else {},
+            "scaled": False, "action": SCALE_NOTE,
+        }
+    # Scaled during the run (Kubernetes): steps wholly before the scale ran with the replicas
+    # before it, steps that began after it with the replicas after it; the step it happened in
+    # is counted for neither.
+    before, after, at = scale["replicas_before"], scale["replicas_after"], scale["t_s"]
+    by_workers: dict[str, float] = {}
+    for step in steps:
+        n = before if step["to_s"] <= at else after if step["from_s"] >= at else None
+        step["sbc_replicas"] = n
+        if n is not None:
+            by_workers[str(n)] = max(by_workers.get(str(n), 0.0), float(step["achieved_cps"]))
+    return {
+        "sbc_workers": before, "steps": steps, "saturated_at_step": saturated_at,
+        "max_achieved_cps": best, "cps_by_workers": by_workers, "scaled": True,
+        "action": scale["what"],
     }
 
 
@@ -378,8 +397,9 @@ def summary(report: dict[str, Any], console: Console) -> None:
     if report["failover"]:
         f = report["failover"]
         recovery = "never" if f["recovery_s"] is None else f"{f['recovery_s']:.0f} s"
+        victim = f"pod {f['killed_pod']}" if f["killed_pod"] else f"worker {f['killed_pid']}"
         console.print(
-            f"failover: {f['signal']} sbc worker {f['killed_pid']} at {f['killed_at_s']} s; "
+            f"failover: {f['signal']} sbc {victim} at {f['killed_at_s']} s; "
             f"established calls lost {f['established_calls_lost']} of "
             f"{f['established_at_event']}; setup failures in the window "
             f"{f['setup_failures_in_window']}; recovery {recovery}"
@@ -388,12 +408,15 @@ def summary(report: dict[str, Any], console: Console) -> None:
         s = report["scale_out"]
         table = Table(title=f"scale-out (sbc workers: {s['sbc_workers'] or '?'})",
                       title_justify="left")
-        for col in ("step", "offered cps", "achieved cps", "p99 setup ms", "503", "saturated"):
+        for col in ("step", "offered cps", "achieved cps", "p99 setup ms", "503", "sbc",
+                    "saturated"):
             table.add_column(col, justify="right")
         for step in s["steps"]:
+            replicas = step.get("sbc_replicas", s["sbc_workers"])
             table.add_row(str(step["step"]), f"{step['offered_cps']:.1f}",
                           f"{step['achieved_cps']:.1f}", str(step["setup_p99_ms"]),
-                          str(step["rejected_503"]), ", ".join(step["why"]) or "no")
+                          str(step["rejected_503"]), "-" if replicas is None else str(replicas),
+                          ", ".join(step["why"]) or "no")
         console.print(table)
         console.print(f"scale-out: {s['action']}")
     for name, t in report["thresholds"].items():
