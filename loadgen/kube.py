@@ -169,9 +169,11 @@ VALUE_FLAGS = (
     ("step_duration", "--step-duration"), ("window", "--window"),
 )
 BOOLEAN_FLAGS = (("media", "media"), ("clear_bindings", "clear-bindings"),
-                 ("unregister", "unregister"))
+                 ("unregister", "unregister"))  # --x / --no-x
+# Passed otherwise (bearers: a plain --bearers), or not at all (the thresholds are the
+# controller's to judge, on the merged report).
 NOT_PASSED = ("scenario", "targets", "bind", "workers", "run_dir", "pair_offset", "phase",
-              "max_failed_ratio", "max_p99_setup_ms", "bearers")
+              "bearers", "max_failed_ratio", "max_p99_setup_ms")
 
 
 def _flag_value(value: object) -> str:
