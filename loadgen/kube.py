@@ -608,6 +608,7 @@ def _watch(config: LoadConfig, options: KubeOptions, clusters: list[Cluster], ru
     live = Results() if scaler is not None else None
     events: list[dict[str, Any]] = []
     started = False
+    all_ready = False
     while True:
         now = time.time()
         finished: dict[str, list[tuple[Any, PodLog]]] = {}
@@ -630,6 +631,13 @@ def _watch(config: LoadConfig, options: KubeOptions, clusters: list[Cluster], ru
         if not started and now >= start_at:
             started = True
             display.start(config.planned_seconds(), config.scenario)
+        if started and not all_ready and \
+                sum(log.ready is not None for log in logs.values()) >= len(clusters) * \
+                options.workers:
+            all_ready = True
+            registered = sum(int(log.ready["registered"]) for log in logs.values()
+                             if log.ready is not None)
+            display.note(f"all {len(logs)} pods ready, {registered} UEs registered")
         if started:
             display.update(_sum_snapshots({i: log.snapshot for i, log in enumerate(
                 logs.values())}))

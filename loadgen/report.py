@@ -323,6 +323,10 @@ def _warnings(c: LoadConfig, r: Results, report: dict[str, Any]) -> list[str]:
     if lag95 is not None and lag99 is not None and lag95 > 20:  # late often, not once
         out.append(f"loadgen's scheduler was late (p95 {lag95:.0f} ms, p99 {lag99:.0f} ms): "
                    "offers came in bursts; give loadgen more --workers (or cores)")
+    kube = report.get("kube")
+    if kube and kube["late_pods"]:
+        out.append(f"{len(kube['late_pods'])} pod(s) were not ready at the common start and "
+                   f"began late ({', '.join(kube['late_pods'])}): give --kube-start-delay more")
     if c.is_call_scenario and not c.media:
         out.append("media off: no audio check was made")
     if c.media and c.is_call_scenario and c.hold < 0.1:
@@ -419,6 +423,11 @@ def summary(report: dict[str, Any], console: Console) -> None:
                           ", ".join(step["why"]) or "no")
         console.print(table)
         console.print(f"scale-out: {s['action']}")
+    if report.get("kube"):
+        places = ", ".join(f"{p['context']} ({len(p['pods'])} pods of Job {p['job']}, "
+                           f"namespace {p['namespace']}, target {p['target']})"
+                           for p in report["kube"]["contexts"])
+        console.print(f"on Kubernetes: {places}", highlight=False)
     for name, t in report["thresholds"].items():
         verdict = "EXCEEDED" if t["exceeded"] else "ok"
         console.print(f"threshold {name}: limit {t['limit']}, measured {t['value']}: {verdict}")

@@ -57,6 +57,7 @@ from services.subscribers import Provisioner
 from tests.loadgen.test_scenarios import start_stack
 
 FIRST = 610000
+PROVISIONED = 610100  # the first of the subscribers the pods provision themselves
 PASSWORD = "k8s-secret"
 IMAGE = "registry.lab/volte-loadgen:test"
 CHART_VALUES = Path(__file__).parents[2] / "charts" / "volte" / "values.yaml"
@@ -159,6 +160,7 @@ class FakeCluster:
         """The Job controller: the Indexed Job's pods, each run by the 'kubelet'."""
         job = request.data
         template = job["spec"]["template"]
+        unpullable = "unpullable" in template["spec"]["containers"][0]["image"]
         for index in range(job["spec"]["parallelism"]):
             name = f"{job['metadata']['name']}-{index}-x{index:04d}"
             self.api.objects[PODS, request.namespace, name] = {
@@ -169,6 +171,13 @@ class FakeCluster:
                              "annotations": {INDEX_ANNOTATION: str(index)}},
                 "spec": {**template["spec"], "nodeName": f"node-{index}"},
                 "status": {"phase": "Pending"}}
+            if unpullable:  # the kubelet cannot pull the image: the pod stays Pending
+                self.api.objects[PODS, request.namespace, name].patch({"status": {
+                    "containerStatuses": [{
+                        "name": "loadgen", "image": "x", "imageID": "", "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}})
+                continue
             task = asyncio.ensure_future(self._kubelet(request.namespace, name, index,
                                                        template["spec"]["containers"][0]))
             self.tasks.add(task)
@@ -264,19 +273,20 @@ async def clusters(tmp_path: Path) -> AsyncIterator[tuple[str, FakeCluster, Fake
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = start_stack(str(tmp_path_factory.mktemp("stack")))
     provisioner = Provisioner(stack.config.state_grpc)
-    provisioner.provision(40, FIRST, stack.config.domain, PASSWORD)
+    provisioner.provision(20, FIRST, stack.config.domain, PASSWORD)  # (not those of PROVISIONED)
     provisioner.close()
     yield stack
     stack.stop()
 
 
-async def loadgen_kube(tmp_path: Path, kubeconfig: str, *args: str) -> tuple[int, dict[str, Any]]:
+async def loadgen_kube(tmp_path: Path, kubeconfig: str, *args: str,
+                       start: int = FIRST, timeout: float = 90) -> tuple[int, dict[str, Any]]:
     """`loadgen ... --kube` (its main() in a thread: the mock API servers run on this loop)."""
     report = tmp_path / "report.json"
     code = await asyncio.to_thread(main, [
         *args, "--kube", "--kubeconfig", kubeconfig, "--image", IMAGE, "--password", PASSWORD,
-        "--start", str(FIRST), "--kube-poll", "0.3", "--kube-start-delay", "5",
-        "--kube-timeout", "90", "--report", str(report), "--progress", "lines",
+        "--start", str(start), "--kube-poll", "0.3", "--kube-start-delay", "5",
+        "--kube-timeout", str(timeout), "--report", str(report), "--progress", "lines",
         "--run-dir", str(tmp_path / "no-stack"),
     ])
     return code, json.loads(report.read_text()) if report.exists() else {}
@@ -370,7 +380,9 @@ async def test_call_setup_in_two_clusters_merges_every_pods_results(
         tmp_path, kubeconfig, "call-setup", "--subscribers", "16", "--rate", "8",
         "--duration", "3", "--hold", "0.5", "--kube-context", "private", "--kube-context",
         "public", "--kube-workers", "2", "--kube-target", f"private={sip(stack)}",
-        "--kube-target", f"public={sip(stack, 'localhost')}")
+        "--kube-target", f"public={sip(stack, 'localhost')}",
+        "--provision", "--state", stack.config.state_grpc,  # each pod its own share
+        start=PROVISIONED)
     assert code == 0, report.get("warnings")
 
     # One Indexed Job per cluster, each in its context's namespace.
@@ -395,6 +407,7 @@ async def test_call_setup_in_two_clusters_merges_every_pods_results(
         args = container["args"]
         assert args[0] == "call-setup" and f"--shard={first}/4" in args
         assert f"--target={target}" in args and "--bind=$(POD_IP)" in args
+        assert f"--state={stack.config.state_grpc}" in args and "--provision" in args
     # Each index's share, as its pod computes it: the 8 pairs split without overlap, the rate
     # split in four.
     shares = []
@@ -405,7 +418,7 @@ async def test_call_setup_in_two_clusters_merges_every_pods_results(
             shares.append(agent_share(config, config_shard(args),
                                       {"JOB_COMPLETION_INDEX": str(index)})[1])
     numbers = sorted(n for s in shares for n in range(s.start, s.start + s.subscribers))
-    assert numbers == list(range(FIRST, FIRST + 16))
+    assert numbers == list(range(PROVISIONED, PROVISIONED + 16))
     assert sum(s.rate for s in shares) == pytest.approx(8)
 
     # The report: the four pods' results merged as local workers' are (exact histograms).
@@ -456,6 +469,23 @@ async def test_a_failed_pod_ends_the_run_naming_it_with_its_last_log_lines(
     assert f"pod {pod} (context private) failed: Failed (Error, exit 3)" in out
     assert "loadgen: no answer to REGISTER from" in out  # the pod's last words, from its log
     assert len(private.requests("delete", JOBS)) == 1  # cleaned up all the same
+
+
+async def test_a_run_past_its_time_limit_names_the_pods_that_did_not_finish(
+    clusters: tuple[str, FakeCluster, FakeCluster], tmp_path: Path, capsys: Any
+) -> None:
+    kubeconfig, _, public = clusters
+    code = await asyncio.to_thread(main, [
+        "call-setup", "--kube", "--kubeconfig", kubeconfig, "--kube-context", "public",
+        "--image", "registry.lab/unpullable:1", "--subscribers", "4", "--duration", "1",
+        "--kube-start-delay", "0.5", "--kube-timeout", "2", "--kube-poll", "0.2",
+        "--run-dir", str(tmp_path)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 3
+    pod = next(p["metadata"]["name"] for p in public.objects(PODS))
+    assert "the Jobs did not finish within 2 s (--kube-timeout)" in out
+    assert f"pod {pod} (context public): Pending (ImagePullBackOff)" in out
+    assert len(public.requests("delete", JOBS)) == 1
 
 
 @pytest.mark.slow
