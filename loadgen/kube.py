@@ -30,7 +30,6 @@ only here, and only for --kube.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -48,7 +47,6 @@ from loadgen.engine import (
     Outcome,
     Snapshot,
     Worker,
-    _check_ready,
     _sum_snapshots,
     run_async,
 )
@@ -334,6 +332,13 @@ async def _agent(config: LoadConfig, worker: int, start_at: float,
 # -- the controller's side -----------------------------------------------------------------------
 
 
+class ApiError(LoadError):
+    """A Kubernetes API call failed (an error status, or no answer)."""
+
+
+API_RETRIES = 5  # consecutive failed looks at the pods before the run gives up
+
+
 def _kubernetes() -> Any:
     try:
         import kubernetes
@@ -392,6 +397,9 @@ class Cluster:
                                                     context=name)
         except k8s.config.ConfigException as exc:
             raise LoadError(f"kubeconfig: {exc}") from None
+        import urllib3
+
+        self.http_errors = urllib3.exceptions.HTTPError
         self.k8s = k8s
         self.context: str = name
         self.namespace: str = options.namespace or entry["context"].get("namespace") \
@@ -410,10 +418,11 @@ class Cluster:
         try:
             return fn(*args, **kwargs)
         except self.k8s.client.ApiException as exc:
-            raise LoadError(f"{what} in context {self.context} (namespace {self.namespace}): "
+            raise ApiError(f"{what} in context {self.context} (namespace {self.namespace}): "
                             f"{exc.status} {exc.reason}: {_api_message(exc)}") from None
-        except OSError as exc:  # urllib3's errors are OSErrors: no API server there
-            raise LoadError(f"{what} in context {self.context}: {exc}") from None
+        except (OSError, self.http_errors) as exc:  # no API server there, TLS, ...
+            raise ApiError(f"{what} in context {self.context}: the API server did not "
+                            f"answer: {getattr(exc, 'reason', None) or exc}") from None
 
     def pods(self, selector: str) -> list[Any]:
         found = self.call("listing pods", self.core.list_namespaced_pod, self.namespace,
@@ -575,13 +584,14 @@ def run_kube(config: LoadConfig, options: KubeOptions, display: Display,
     base = f"{chart_fullname(options.release)}-loadgen-{config.scenario}"[:55].rstrip("-")
     try:
         for c in clusters:
-            c.job = f"{base}-{run_id}"
+            name = f"{base}-{run_id}"
             args = agent_args(config, c.target, (c.first, total), start_at,
                               provision_state=options.state)
-            manifest = job_manifest(name=c.job, run_id=run_id, config=config, options=options,
+            manifest = job_manifest(name=name, run_id=run_id, config=config, options=options,
                                     args=args, context=c.context)
-            c.call(f"creating Job {c.job}", c.batch.create_namespaced_job, c.namespace,
+            c.call(f"creating Job {name}", c.batch.create_namespaced_job, c.namespace,
                    k8s.client.V1Job.from_dict(manifest))
+            c.job = name
             say(f"Job {c.job} in context {c.context}, namespace {c.namespace}: "
                 f"{options.workers} pod(s), workers {c.first}..{c.first + options.workers - 1} "
                 f"of {total}, target {format_address(c.target)}")
@@ -593,9 +603,11 @@ def run_kube(config: LoadConfig, options: KubeOptions, display: Display,
         if not options.keep:
             for c in clusters:
                 if c.job:
-                    with contextlib.suppress(LoadError):
+                    try:
                         c.call(f"deleting Job {c.job}", c.batch.delete_namespaced_job, c.job,
                                c.namespace, propagation_policy="Background")
+                    except LoadError as exc:
+                        say(f"loadgen: {exc}: delete it yourself (its pods may still run)")
 
 
 def _watch(config: LoadConfig, options: KubeOptions, clusters: list[Cluster], run_id: str,
@@ -609,57 +621,75 @@ def _watch(config: LoadConfig, options: KubeOptions, clusters: list[Cluster], ru
     events: list[dict[str, Any]] = []
     started = False
     all_ready = False
-    while True:
-        now = time.time()
-        finished: dict[str, list[tuple[Any, PodLog]]] = {}
-        for c in clusters:
-            for pod in c.pods(selector):
-                name = pod.metadata.name
-                phase = pod.status.phase if pod.status else None
-                if phase == "Failed":
-                    raise LoadError(f"pod {name} (context {c.context}) failed: "
-                                    f"{_pod_state(pod)}; its last log lines:\n{c.tail(name)}")
-                if phase not in ("Running", "Succeeded"):
-                    continue
-                log = logs.setdefault((c.context, name), PodLog(name))
-                log.feed(c.log(name), live)
-                if phase == "Succeeded":
-                    if log.result is None:
-                        raise LoadError(f"pod {name} (context {c.context}) succeeded without "
-                                        f"a result line; its last log lines:\n{c.tail(name)}")
-                    finished.setdefault(c.context, []).append((pod, log))
-        if not started and now >= start_at:
-            started = True
-            display.start(config.planned_seconds(), config.scenario)
-        if started and not all_ready and \
-                sum(log.ready is not None for log in logs.values()) >= len(clusters) * \
-                options.workers:
-            all_ready = True
-            registered = sum(int(log.ready["registered"]) for log in logs.values()
-                             if log.ready is not None)
-            display.note(f"all {len(logs)} pods ready, {registered} UEs registered")
+    failures = 0
+    finished: dict[str, list[tuple[Any, PodLog]]] = {}
+    try:
+        while True:
+            now = time.time()
+            try:
+                finished = {c.context: _look(c, selector, logs, live) for c in clusters}
+                failures = 0
+            except ApiError as exc:  # a blip of the API server: look again, a few times
+                failures += 1
+                if failures >= API_RETRIES:
+                    raise
+                display.note(f"{exc} (looking again)")
+            if not started and now >= start_at:
+                started = True
+                display.start(config.planned_seconds(), config.scenario)
+            if started and not all_ready and \
+                    sum(log.ready is not None for log in logs.values()) >= len(clusters) * \
+                    options.workers:
+                all_ready = True
+                registered = sum(int(log.ready["registered"]) for log in logs.values()
+                                 if log.ready is not None)
+                display.note(f"all {len(logs)} pods ready, {registered} UEs registered")
+            if started:
+                display.update(_sum_snapshots({i: log.snapshot for i, log in enumerate(
+                    logs.values())}))
+            elapsed = now - start_at
+            if event is not None and not events and elapsed >= event.at:
+                events.append(_stamped(event.fire(), start_at, display))
+            if scaler is not None and live is not None:
+                scaled = scaler.check(config, live, elapsed, margin=2 * options.poll + 1.5)
+                if scaled is not None:
+                    events.append(_stamped(scaled, start_at, display))
+            if all(len(finished.get(c.context, [])) >= options.workers for c in clusters):
+                break
+            if now > deadline:
+                raise LoadError(_timeout_message(clusters, selector, finished, options,
+                                                 options.timeout_for(config)))
+            wait = options.poll
+            if event is not None and not events:
+                wait = min(wait, max(0.05, start_at + event.at - now))
+            time.sleep(wait)
+    finally:
         if started:
-            display.update(_sum_snapshots({i: log.snapshot for i, log in enumerate(
-                logs.values())}))
-        elapsed = now - start_at
-        if event is not None and not events and elapsed >= event.at:
-            events.append(_stamped(event.fire(), start_at, display))
-        if scaler is not None and live is not None:
-            scaled = scaler.check(config, live, elapsed, margin=2 * options.poll + 1.5)
-            if scaled is not None:
-                events.append(_stamped(scaled, start_at, display))
-        if all(len(finished.get(c.context, [])) >= options.workers for c in clusters):
-            break
-        if now > deadline:
-            raise LoadError(_timeout_message(clusters, selector, finished, options,
-                                             options.timeout_for(config)))
-        wait = options.poll
-        if event is not None and not events:
-            wait = min(wait, max(0.05, start_at + event.at - now))
-        time.sleep(wait)
-    if started:
-        display.stop()
+            display.stop()
     return _outcome(config, options, clusters, finished, events, start_at), sbc_replicas
+
+
+def _look(c: Cluster, selector: str, logs: dict[tuple[str, str], PodLog],
+          live: Results | None) -> list[tuple[Any, PodLog]]:
+    """One look at a context's pods: their new log lines read; the finished ones."""
+    finished = []
+    for pod in c.pods(selector):
+        name = pod.metadata.name
+        phase = pod.status.phase if pod.status else None
+        if phase == "Failed":
+            raise LoadError(f"pod {name} (context {c.context}) failed: {_pod_state(pod)}; its "
+                            f"last log lines:\n{c.tail(name)}")
+        if phase not in ("Running", "Succeeded"):
+            continue
+        log = logs.setdefault((c.context, name), PodLog(name))
+        if log.result is None:
+            log.feed(c.log(name), live)
+        if phase == "Succeeded":
+            if log.result is None:
+                raise LoadError(f"pod {name} (context {c.context}) succeeded without a result "
+                                f"line; its last log lines:\n{c.tail(name)}")
+            finished.append((pod, log))
+    return finished
 
 
 def _stamped(happened: dict[str, Any], start_at: float, display: Display) -> dict[str, Any]:
@@ -713,7 +743,12 @@ def _outcome(config: LoadConfig, options: KubeOptions, clusters: list[Cluster],
     missing = sorted(set(range(total)) - set(parts))
     if missing:
         raise LoadError(f"no result from worker(s) {missing}")
-    _check_ready(config, [int(p["usable"] or 0) for place in places for p in place["pods"]])
+    if not any(p["usable"] for place in places for p in place["pods"]):
+        what = "UE pair registered" if config.is_call_scenario else "UE socket opened"
+        targets = ", ".join(f"{p['target']} ({p['context']})" for p in places)
+        raise LoadError(f"no {what} in any pod: is the sbc at {targets} up, and are "
+                        f"subscribers {config.start}.. provisioned in domain {config.domain} "
+                        f"with this password (--provision)?")
     late = [p["pod"] for place in places for p in place["pods"] if (p["late_s"] or 0) > 0]
     merged = merge_all([parts[i] for i in range(total)])
     registered = sum(int(p["registered"] or 0) for place in places for p in place["pods"])
