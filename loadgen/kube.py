@@ -446,10 +446,12 @@ class Cluster:
 
 
 def _api_message(exc: Any) -> str:
+    """The message of the API server's Status (its body, cut short, if it sent none)."""
     try:
-        return str(json.loads(exc.body).get("message", exc.body))
+        message = str(json.loads(exc.body).get("message", exc.body))
     except (TypeError, ValueError, AttributeError):
-        return str(exc.body)
+        message = str(exc.body)
+    return message if len(message) <= 300 else message[:300] + " ..."
 
 
 def _pod_state(pod: Any) -> str:

@@ -45,13 +45,14 @@ from loadgen.kube import (
     POD_SECURITY,
     RUN_LABEL,
     VALUE_FLAGS,
+    PodLog,
     agent_args,
     agent_share,
     chart_fullname,
     component_selector,
 )
 from loadgen.scenarios import sbc_workers
-from loadgen.stats import merge_all, results_from_json
+from loadgen.stats import Results, Second, merge_all, results_from_json, to_jsonable
 from services.stack import Stack, free_port, pid_alive
 from services.subscribers import Provisioner
 from tests.loadgen.test_scenarios import start_stack
@@ -80,6 +81,7 @@ class FakeCluster:
         self.sbc_pids: dict[str, int] = {}  # sbc pod name -> the sbc worker process
         self.killed: list[tuple[str, int, int]] = []  # (pod, pid, signal)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.unavailable = 0  # answer so many pod lists with 503 (an API server's blip)
 
     async def start(self, stack: contextlib.AsyncExitStack) -> None:
         await stack.enter_async_context(self.api)
@@ -134,6 +136,10 @@ class FakeCluster:
     # -- the API server's reactions (None: kmock's emulator answers as usual) ----------------
     def _list_pods(self, request: Any) -> dict[str, Any]:
         """The list with its labelSelector applied (kmock's emulator does not filter)."""
+        if self.unavailable:
+            self.unavailable -= 1
+            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable",
+                                        message="etcd leader changed")
         terms = [t.split("=", 1) for t in request.params.get("labelSelector", "").split(",")
                  if t]
         items = [pod for pod in self.objects(PODS)
@@ -339,6 +345,27 @@ def test_a_pods_args_parse_back_to_the_runs_config_and_its_share() -> None:
         agent_share(parsed, (2, 4), {})
 
 
+def test_a_pods_log_is_read_line_by_line_whole_lines_only() -> None:
+    log = PodLog("p")
+    live = Results()
+    second = to_jsonable(Second(offered=3, achieved=2))
+    lines = [
+        "loadgen call-setup: 4 UEs ...",  # not ours
+        json.dumps({"loadgen": "ready", "worker": 1, "usable": 2, "registered": 4}),
+        json.dumps({"loadgen": "progress", "snapshot": {"offered": 3.0},
+                    "seconds": {"0": second}}),
+    ]
+    text = "\n".join(lines) + "\n" + '{"loadgen":"result","wor'  # the last line not whole yet
+    log.feed(text, live)
+    assert log.ready is not None and log.ready["registered"] == 4
+    assert log.snapshot == {"offered": 3.0} and live.second(0).achieved == 2
+    result = log.result
+    assert result is None
+    log.feed(text + 'ker":1,"results":{}}\n', live)  # the whole log again, now complete
+    assert log.result == {"loadgen": "result", "worker": 1, "results": {}}
+    assert live.second(0).offered == 3  # the progress line was not counted twice
+
+
 def test_chart_names() -> None:
     assert chart_fullname("volte") == "volte" and chart_fullname("lab") == "lab-volte"
     assert component_selector("lab", "sbc") == (
@@ -373,9 +400,11 @@ def test_kube_usage_errors_exit_2(argv: list[str], tmp_path: Path, capsys: Any) 
 @pytest.mark.slow
 @pytest.mark.interop
 async def test_call_setup_in_two_clusters_merges_every_pods_results(
-    stack: Stack, clusters: tuple[str, FakeCluster, FakeCluster], tmp_path: Path
+    stack: Stack, clusters: tuple[str, FakeCluster, FakeCluster], tmp_path: Path,
+    capsys: Any
 ) -> None:
     kubeconfig, private, public = clusters
+    public.unavailable = 2  # two looks at the public cluster's pods fail: the run goes on
     code, report = await loadgen_kube(
         tmp_path, kubeconfig, "call-setup", "--subscribers", "16", "--rate", "8",
         "--duration", "3", "--hold", "0.5", "--kube-context", "private", "--kube-context",
@@ -384,6 +413,9 @@ async def test_call_setup_in_two_clusters_merges_every_pods_results(
         "--provision", "--state", stack.config.state_grpc,  # each pod its own share
         start=PROVISIONED)
     assert code == 0, report.get("warnings")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "listing pods in context public (namespace lab-public): 503 " in out
+    assert "etcd leader changed (looking again)" in out
 
     # One Indexed Job per cluster, each in its context's namespace.
     for cluster, first, target in ((private, 0, sip(stack)),
