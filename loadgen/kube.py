@@ -11,13 +11,13 @@ pod adds `$JOB_COMPLETION_INDEX` to K. Each context's pods call that cluster's s
 Service, or `--kube-target CTX=HOST:PORT`).
 
 A pod prints JSON lines on stdout (its log): `ready` once its UEs are registered, `progress`
-about every second (the summed snapshot for the display, and the per-second buckets completed
-since the last line, which scale-out uses to find the saturated step while the run goes on),
-and last `result`: its whole `Results` (`loadgen.stats.to_jsonable`). The controller polls the
-pods and reads their logs through the API server (`read_namespaced_pod_log`), merges the results
-as local workers' are merged, and deletes the Jobs (propagation Background: the pods go too)
-unless --kube-keep. A failed pod, or a run past its time limit, ends the run with an error
-naming the pod(s) and their last log lines.
+about every second (its snapshot for the display and, for scale-out, the per-second buckets
+completed since the last line, from which the controller finds the saturated step while the
+run goes on), and last `result`: its whole `Results` (`loadgen.stats.to_jsonable`). The
+controller polls the pods and reads their logs through the API server
+(`read_namespaced_pod_log`), merges the results as local workers' are merged, and deletes the
+Jobs (propagation Background: the pods go too) unless --kube-keep. A failed pod, or a run past
+its time limit, ends the run with an error naming the pod(s) and their last log lines.
 
 Scenario events on Kubernetes (in the first context): failover deletes one sbc pod (selected by
 the chart's app.kubernetes.io labels; grace period 0 for --kill-signal KILL) at --event-at;
@@ -319,11 +319,13 @@ async def _agent(config: LoadConfig, worker: int, start_at: float,
         if now - last < PROGRESS_EVERY:
             return
         last = now
-        done = max(0, int(w.elapsed()))  # seconds 0 .. done-1 are over
-        seconds = {str(k): to_jsonable(w.results.seconds[k]) for k in range(sent, done)
-                   if k in w.results.seconds}
-        sent = max(sent, done)
-        _emit(out, "progress", worker=worker, snapshot=snapshot, seconds=seconds)
+        fields: dict[str, Any] = {"snapshot": snapshot}
+        if config.scenario == "scale-out":  # the controller looks for the saturated step
+            done = max(0, int(w.elapsed()))  # seconds 0 .. done-1 are over
+            fields["seconds"] = {str(k): to_jsonable(w.results.seconds[k])
+                                 for k in range(sent, done) if k in w.results.seconds}
+            sent = max(sent, done)
+        _emit(out, "progress", worker=worker, **fields)
 
     results = await w.run(max(start_at, time.time()), progress)
     return results, info
@@ -360,6 +362,8 @@ class PodLog:
 
     def feed(self, text: str, live: Results | None) -> None:
         lines = text.splitlines()
+        if len(lines) < self.lines_seen:  # the kubelet rotated the log: all of it is new
+            self.lines_seen = 0
         for line in lines[self.lines_seen:]:
             if not line.startswith(f'{{"{LINE_KEY}":'):
                 continue

@@ -11,6 +11,9 @@ climbing, or achieved well below offered). Adding an sbc worker at that point ne
 `volte scale sbc N` command, which does not exist yet, and restarting the stack with more
 workers would measure a restart rather than a scale-out: so this scenario does not scale, and
 its report says so (`scale_out.action`).
+
+On Kubernetes (`--kube`, loadgen.kube) failover deletes an sbc pod and scale-out adds an sbc
+replica.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ SCALE_NOTE = (
     "no worker was added: scale-out needs `volte scale sbc N` (adding an sbc worker to a "
     "running stack), which does not exist yet, and restarting the stack with more workers "
     "would measure a restart, not a scale-out; this run reports achieved CPS per offered-rate "
-    "step at a fixed worker count"
+    "step at a fixed worker count (on Kubernetes, --kube adds an sbc replica)"
 )
 
 
