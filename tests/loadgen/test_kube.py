@@ -366,6 +366,24 @@ def test_a_pods_log_is_read_line_by_line_whole_lines_only() -> None:
     assert live.second(0).offered == 3  # the progress line was not counted twice
 
 
+@pytest.mark.parametrize("version", ["1.29.0", "latest"])
+def test_the_job_is_valid_for_kubernetes(version: str) -> None:
+    """The Job against Kubernetes' own OpenAPI schema (kubernetes-validate, offline, strict)."""
+    import kubernetes_validate  # type: ignore[import-untyped]
+    from kubernetes_validate.utils import latest_version  # type: ignore[import-untyped]
+
+    from loadgen.kube import KubeOptions, job_manifest
+
+    config = LoadConfig("call-setup", subscribers=10)
+    options = KubeOptions(workers=3, image=IMAGE)
+    args = agent_args(config, ("volte-sip.lab.svc", 5060), (0, 3), 1.5e9)
+    manifest = job_manifest(name="volte-loadgen-call-setup-abc123", run_id="abc123",
+                            config=config, options=options, args=args, context="lab")
+    manifest["metadata"]["namespace"] = "lab"
+    kubernetes_validate.validate(manifest, latest_version() if version == "latest" else version,
+                                 strict=True)
+
+
 def test_chart_names() -> None:
     assert chart_fullname("volte") == "volte" and chart_fullname("lab") == "lab-volte"
     assert component_selector("lab", "sbc") == (
