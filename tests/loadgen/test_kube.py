@@ -447,6 +447,7 @@ async def test_call_setup_in_two_clusters_merges_every_pods_results(
         labels = spec["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/component"] == "loadgen"
         assert labels["app.kubernetes.io/instance"] == "volte" and RUN_LABEL in labels
+        assert labels["app.kubernetes.io/name"] == "volte"  # the chart's NetworkPolicies admit it
         pod = spec["template"]["spec"]
         assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"]
         assert pod["automountServiceAccountToken"] is False
