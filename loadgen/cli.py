@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from rich.console import Console
@@ -25,6 +26,9 @@ from services import __version__
 from services.sip.transport import Address
 from services.stack import DEFAULT_ENB_GRPC, DEFAULT_ENB_SCTP_PORT, StackConfig
 
+if TYPE_CHECKING:
+    from loadgen.kube import KubeOptions
+
 DEFAULT_RUN_DIR = f"/tmp/volte-{os.getuid()}"
 DEFAULT_STATE = "127.0.0.1:50051"
 DEFAULT_ENB_SCTP_HOST = "127.0.0.1"
@@ -36,6 +40,8 @@ examples:
   loadgen failover --rate 20 --duration 30 --event-at 10 --hold 3      (volte up --workers 2)
   loadgen scale-out --steps 20,40,80,160 --step-duration 10
   loadgen soak --rate 5 --duration 3600 --expires 600 --csv soak.csv
+  loadgen call-setup --rate 100 --duration 60 --kube --kube-context private --kube-context
+      public --kube-workers 4 --namespace volte --report k8s.json     (README: on Kubernetes)
 
 Without --target, the sbc (and domain, state address) of the `volte up` stack in --run-dir.
 """
@@ -98,6 +104,65 @@ def _steps(text: str) -> tuple[float, ...]:
     if not steps or any(s <= 0 for s in steps):
         raise argparse.ArgumentTypeError(f"{text}: comma-separated rates, each > 0")
     return steps
+
+
+def _context_target(text: str) -> tuple[str, Address]:
+    from loadgen.kube import parse_context_target
+
+    try:
+        return parse_context_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from loadgen.kube import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _kube_arguments(p: argparse.ArgumentParser) -> None:
+    from loadgen.kube import DEFAULT_IMAGE, DEFAULT_RELEASE, POLL_INTERVAL
+
+    g = p.add_argument_group("Kubernetes (README.md, \"loadgen on Kubernetes\")")
+    g.add_argument("--kube", action="store_true",
+                   help="run the workers as an Indexed Job in each --kube-context (pip install "
+                        "'volte[kube]'); results merged into one report")
+    g.add_argument("--kube-context", action="append", metavar="CTX",
+                   help="a kubeconfig context; repeat for several clusters (default: the "
+                        "current context)")
+    g.add_argument("--kubeconfig", help="the kubeconfig file (default: $KUBECONFIG, else "
+                                        "~/.kube/config)")
+    g.add_argument("--namespace", help="where the Jobs run and the chart is installed "
+                                       "(default: each context's namespace, else default)")
+    g.add_argument("--kube-workers", type=_positive_int, default=1, metavar="N",
+                   help="pods per context (Job completions = parallelism = N)")
+    g.add_argument("--kube-target", action="append", type=_context_target,
+                   metavar="CTX=HOST:PORT",
+                   help="the sbc a context's pods call (default: the release's SIP Service "
+                        "in that cluster)")
+    g.add_argument("--image", default=DEFAULT_IMAGE, help="the loadgen image of the pods")
+    g.add_argument("--release", default=DEFAULT_RELEASE,
+                   help="the Helm release of the volte chart: its SIP Service, the sbc pods "
+                        "(failover) and Deployment (scale-out)")
+    g.add_argument("--kube-timeout", type=_positive_float, metavar="S",
+                   help="seconds from the Jobs' creation to every result (default: start "
+                        "delay + the load + drain + 120)")
+    g.add_argument("--kube-start-delay", type=_non_negative_float, metavar="S",
+                   help="seconds from the Jobs' creation to the common start of the load "
+                        "(default: 30 + subscribers / --register-rate)")
+    g.add_argument("--kube-keep", action="store_true",
+                   help="leave the Jobs and their pods (and logs) in place")
+    g.add_argument("--kube-poll", type=_positive_float, default=POLL_INTERVAL, metavar="S",
+                   help="seconds between looks at the pods and their logs")
+    g.add_argument("--shard", type=_shard, metavar="FIRST/TOTAL",
+                   help="(set by --kube for its pods) run as worker FIRST + "
+                        "$JOB_COMPLETION_INDEX of TOTAL, printing JSON lines")
+    g.add_argument("--start-at", type=_positive_float, metavar="EPOCH",
+                   help="(with --shard) the wall-clock time the load starts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when more calls than this fraction fail")
     g.add_argument("--max-p99-setup-ms", type=_positive_float,
                    help="exit 1 when the INVITE-to-200 p99 (REGISTER for `register`) exceeds it")
+    _kube_arguments(p)
     return p
 
 
@@ -309,6 +375,34 @@ def _check(config: LoadConfig, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--event-at {config.failover_at} is not within the load ({duration} s)")
 
 
+def _check_kube(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.shard and (args.start_at is None or args.kube):
+        parser.error("--shard (a pod of a --kube run) needs --start-at and no --kube")
+    if not args.kube:
+        return
+    if args.workers > 1:
+        parser.error("--workers is for local processes; with --kube use --kube-workers")
+    if args.timeline:
+        parser.error("--timeline is not available with --kube")
+    contexts = set(args.kube_context or ())
+    for context, _ in args.kube_target or ():
+        if contexts and context not in contexts:
+            parser.error(f"--kube-target {context}=...: {context} is not a --kube-context")
+
+
+def kube_options(args: argparse.Namespace) -> KubeOptions:
+    from loadgen.kube import STATE_PORT, KubeOptions, chart_fullname
+
+    state = args.state or f"{chart_fullname(args.release)}-state:{STATE_PORT}"
+    return KubeOptions(
+        contexts=tuple(args.kube_context or ()), kubeconfig=args.kubeconfig,
+        namespace=args.namespace, workers=args.kube_workers, image=args.image,
+        release=args.release, targets=dict(args.kube_target or ()),
+        state=state if args.provision else None, timeout=args.kube_timeout,
+        start_delay=args.kube_start_delay, keep=args.kube_keep, poll=args.kube_poll,
+    )
+
+
 def _display(mode: str, console: Console) -> RichDisplay | PlainDisplay | QuietDisplay:
     if mode == "auto":
         mode = "bar" if sys.stdout.isatty() else "lines"
@@ -343,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     _check(config, parser)
     _check_bearers(args, config, parser)
+    _check_kube(args, parser)
     console = Console()
     try:
         return run(config, state, args, console)
@@ -354,8 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Console) -> int:
-    from loadgen.report import build_report, summary, write_csv, write_json
+def run_local(config: LoadConfig, state: str, args: argparse.Namespace,
+              console: Console) -> tuple[Outcome, int | None]:
+    """The load from this machine (--workers processes), with the scenario's event: an sbc
+    worker or the whole site killed (failover), sbc workers added (scale-out)."""
     from loadgen.scenarios import (
         KillSbcWorker,
         KillSite,
@@ -393,7 +490,29 @@ def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Conso
             outcome.events.extend(scaling.events)
         return outcome
 
-    outcome = run_async(load())
+    return run_async(load()), sbc_workers
+
+
+def run(config: LoadConfig, state: str, args: argparse.Namespace, console: Console) -> int:
+    from loadgen.report import build_report, summary, write_csv, write_json
+
+    if args.shard:  # a pod of a --kube run: its share, JSON lines out
+        from loadgen.kube import agent_share, run_agent
+
+        worker, share = agent_share(config, args.shard)
+        if args.provision:
+            provision(share, state, console)
+        return run_agent(share, worker, args.start_at)
+    if args.kube:
+        from loadgen.kube import run_kube
+
+        console.print(f"loadgen {config.scenario}: {config.subscribers} UEs, domain "
+                      f"{config.domain}, on Kubernetes", highlight=False)
+        outcome, sbc_workers = run_kube(
+            config, kube_options(args), _display(args.progress, console),
+            lambda text: console.print(text, markup=False, highlight=False))
+    else:
+        outcome, sbc_workers = run_local(config, state, args, console)
     report = build_report(config, outcome, sbc_workers=sbc_workers)
     if args.report:
         write_json(report, args.report)

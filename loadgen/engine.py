@@ -534,6 +534,7 @@ class Outcome:
     events: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = 0.0  # wall time of the load's start
     registered: int = 0  # UEs registered before the load (call scenarios)
+    kube: dict[str, Any] | None = None  # a Kubernetes run: its contexts, Jobs and pods
 
 
 async def run_load(

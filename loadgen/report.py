@@ -132,6 +132,7 @@ def build_report(
         if config.scenario == "scale-out" else None,
         "soak": _soak(config, r) if config.scenario == "soak" else None,
         "timeseries": series,
+        "kube": outcome.kube,  # the contexts, Jobs and pods of a Kubernetes run (else None)
     }
     report["thresholds"] = thresholds(config, report)
     report["passed"] = not any(t["exceeded"] for t in report["thresholds"].values())
@@ -177,6 +178,8 @@ def _failover(c: LoadConfig, r: Results, outcome: Outcome) -> dict[str, Any]:
         "event_at_s": c.failover_at,
         "killed_at_s": kill.get("t_s"),
         "killed_pid": kill.get("pid"),
+        "killed_pod": kill.get("pod"),  # Kubernetes: the sbc pod deleted, and where
+        "killed_in_context": kill.get("context"),
         "signal": kill.get("signal"),
         "recovery_s": None if recovery is None else float(recovery),
         "recovered": recovery is not None,
@@ -207,60 +210,67 @@ def _merge_seconds(r: Results, first: int, last: int) -> Second:
     return total
 
 
+def scale_step(c: LoadConfig, r: Results, i: int, base_p99: float | None) -> dict[str, Any]:
+    """Step `i` of a scale-out run: its figures and why it counts as saturated (503s, achieved
+    under 95 % of offered, setup p99 more than doubled from step 0's `base_p99`). Used for the
+    report and, during a Kubernetes run, to decide when to add an sbc replica."""
+    first = int(i * c.step_duration)
+    last = int((i + 1) * c.step_duration)
+    s = _merge_seconds(r, first, last)
+    span = max(last - first, 1)
+    p99 = s.setup.percentile(0.99)
+    achieved = s.achieved / span
+    offered = s.offered / span
+    started = s.started_ok + s.started_failed
+    reasons = []
+    if s.rejected_503:
+        reasons.append(f"{s.rejected_503} x 503")
+    if offered and achieved < 0.95 * offered:
+        reasons.append("achieved < 95% of offered")
+    if p99 is not None and base_p99 is not None and i > 0 and p99 > 2 * base_p99 and \
+            p99 > base_p99 + 50:
+        reasons.append("setup p99 more than doubled")
+    return {
+        "step": i, "from_s": first, "to_s": last, "rate": c.steps[i],
+        "offered_cps": round(offered, 3), "achieved_cps": round(achieved, 3),
+        "failed": s.started_failed, "failed_ratio": _ratio(s.started_failed, started),
+        "rejected_503": s.rejected_503, "setup_p50_ms": _round(s.setup.percentile(0.5)),
+        "setup_p99_ms": _round(p99), "saturated": bool(reasons), "why": reasons,
+    }
+
+
+def _scaled_count(event: dict[str, Any], side: str) -> int:
+    """Workers (local) or replicas (Kubernetes) before or after a scale event."""
+    return int(event.get(f"workers_{side}", event.get(f"replicas_{side}", 0)))
+
+
 def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None,
                events: list[dict[str, Any]]) -> dict[str, Any]:
     """Per step: offered and achieved CPS, latency, whether it saturated, and the sbc worker
-    count it ran with (the controller scales after a saturated step: events of kind scale)."""
+    (replica) count it ran with: the controller scales after a saturated step (events of kind
+    scale; on Kubernetes the new replica may come up a few seconds into the next step)."""
+    base_p99 = _merge_seconds(r, 0, int(c.step_duration)).setup.percentile(0.99)
+    steps = [scale_step(c, r, i, base_p99) for i in range(len(c.steps))]
+    saturated_at = next((s["step"] for s in steps if s["saturated"]), None)
     scales = sorted((e for e in events if e.get("kind") == "scale" and "error" not in e),
                     key=lambda e: int(e["after_step"]))
-    steps: list[dict[str, Any]] = []
-    base_p99: float | None = None
-    saturated_at: int | None = None
-    for i, rate in enumerate(c.steps):
-        first = int(i * c.step_duration)
-        last = int((i + 1) * c.step_duration)
-        s = _merge_seconds(r, first, last)
-        span = max(last - first, 1)
-        p99 = s.setup.percentile(0.99)
-        if i == 0:
-            base_p99 = p99
-        achieved = s.achieved / span
-        offered = s.offered / span
-        started = s.started_ok + s.started_failed
-        reasons = []
-        if s.rejected_503:
-            reasons.append(f"{s.rejected_503} x 503")
-        if offered and achieved < 0.95 * offered:
-            reasons.append("achieved < 95% of offered")
-        if p99 is not None and base_p99 is not None and p99 > 2 * base_p99 and \
-                p99 > base_p99 + 50:
-            reasons.append("setup p99 more than doubled")
-        if reasons and saturated_at is None:
-            saturated_at = i
-        workers = sbc_workers
-        for e in scales:
-            if int(e["after_step"]) < i:
-                workers = int(e["workers_after"])
-            elif workers is None:
-                workers = int(e["workers_before"])
-        steps.append({
-            "step": i, "from_s": first, "to_s": last, "rate": rate, "sbc_workers": workers,
-            "offered_cps": round(offered, 3), "achieved_cps": round(achieved, 3),
-            "failed": s.started_failed, "failed_ratio": _ratio(s.started_failed, started),
-            "rejected_503": s.rejected_503, "setup_p50_ms": _round(s.setup.percentile(0.5)),
-            "setup_p99_ms": _round(p99), "saturated": bool(reasons), "why": reasons,
-        })
     by_workers: dict[str, float] = {}
     for step in steps:
-        if step["sbc_workers"]:
-            key = str(step["sbc_workers"])
+        workers = sbc_workers
+        for e in scales:
+            if int(e["after_step"]) < step["step"]:
+                workers = _scaled_count(e, "after")
+            elif workers is None:
+                workers = _scaled_count(e, "before")
+        step["sbc_workers"] = workers
+        if workers:
+            key = str(workers)
             by_workers[key] = max(by_workers.get(key, 0.0), float(step["achieved_cps"]))
     failed = [e for e in events if e.get("kind") == "scale" and "error" in e]
     if scales:
-        action = "; ".join(f"after step {e['after_step']} ({', '.join(e['why'])}): "
-                           f"{e['what']}" for e in scales)
+        action = "; ".join(str(e["what"]) for e in scales)
     elif failed:
-        action = failed[0]["what"]
+        action = str(failed[0]["what"])
     elif sbc_workers is None:
         action = "no local stack in --run-dir to scale: achieved CPS per step at fixed capacity"
     elif saturated_at is None:
@@ -270,7 +280,7 @@ def _scale_out(c: LoadConfig, r: Results, sbc_workers: int | None,
                   "--max-sbc-workers allows: not scaled")
     return {
         "sbc_workers": sbc_workers,
-        "sbc_workers_at_end": int(scales[-1]["workers_after"]) if scales else sbc_workers,
+        "sbc_workers_at_end": _scaled_count(scales[-1], "after") if scales else sbc_workers,
         "steps": steps,
         "saturated_at_step": saturated_at,
         "max_achieved_cps": max((float(s["achieved_cps"]) for s in steps), default=0.0),
@@ -345,6 +355,10 @@ def _warnings(c: LoadConfig, r: Results, report: dict[str, Any]) -> list[str]:
     if r.bearers_left:
         out.append(f"{r.bearers_left} UEs still held a QCI-1 bearer at the enb-agent after "
                    "the load (not released)")
+    kube = report.get("kube")
+    if kube and kube["late_pods"]:
+        out.append(f"{len(kube['late_pods'])} pod(s) were not ready at the common start and "
+                   f"began late ({', '.join(kube['late_pods'])}): give --kube-start-delay more")
     if c.is_call_scenario and not c.media:
         out.append("media off: no audio check was made")
     if c.media and c.is_call_scenario and c.hold < 0.1:
@@ -424,8 +438,12 @@ def summary(report: dict[str, Any], console: Console) -> None:
     if report["failover"]:
         f = report["failover"]
         recovery = "never" if f["recovery_s"] is None else f"{f['recovery_s']:.0f} s"
-        what = (f"the whole site ({f['signal']})" if f["killed"] == "site"
-                else f"{f['signal']} sbc worker {f['killed_pid']}")
+        if f["killed"] == "site":
+            what = f"the whole site ({f['signal']})"
+        elif f.get("killed_pod"):
+            what = f"{f['signal']} sbc pod {f['killed_pod']}"
+        else:
+            what = f"{f['signal']} sbc worker {f['killed_pid']}"
         moved = (f"; UEs moved to their secondary P-CSCF {f['ues_moved_to_secondary']}, "
                  f"registrations kept {f['registrations_kept']}" if f["killed"] == "site" else "")
         console.print(
@@ -449,6 +467,11 @@ def summary(report: dict[str, Any], console: Console) -> None:
         console.print(f"scale-out: {s['action']}")
         console.print("achieved cps by sbc workers: " + ", ".join(
             f"{w}: {cps:.1f}" for w, cps in s["cps_by_workers"].items()), highlight=False)
+    if report.get("kube"):
+        places = ", ".join(f"{p['context']} ({len(p['pods'])} pods of Job {p['job']}, "
+                           f"namespace {p['namespace']}, target {p['target']})"
+                           for p in report["kube"]["contexts"])
+        console.print(f"on Kubernetes: {places}", highlight=False)
     for name, t in report["thresholds"].items():
         verdict = "EXCEEDED" if t["exceeded"] else "ok"
         console.print(f"threshold {name}: limit {t['limit']}, measured {t['value']}: {verdict}")

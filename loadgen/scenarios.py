@@ -10,6 +10,9 @@ counters; when a step ends saturated (failed setups, 503s among them, or achieve
 offered) it adds an sbc worker to the running stack as `volte scale sbc N+1` does (up to
 `--max-sbc-workers`), and the load goes on at the next step. The report gives achieved CPS and
 setup latency per step, the worker count each step ran with, and the best CPS per worker count.
+
+On Kubernetes (`--kube`, loadgen.kube) failover deletes an sbc pod and scale-out adds an sbc
+replica.
 """
 
 from __future__ import annotations
@@ -210,10 +213,11 @@ class ScaleOnSaturation:
         target = self._workers + 1
         event = await loop.run_in_executor(None, self.scaler.scale, target)
         event.update({"t_s": round(t, 3), "after_step": step, "why": why})
+        event["what"] = f"after step {step} saturated ({'; '.join(why)}): {event['what']}"
         if "error" not in event:
             self._workers = target
         self.events.append(event)
-        self.inner.note(f"t={t:.1f}s step {step} saturated ({'; '.join(why)}): {event['what']}")
+        self.inner.note(f"t={t:.1f}s {event['what']}")
 
     async def finish(self) -> None:
         if self._scaling is not None:

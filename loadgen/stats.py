@@ -2,7 +2,8 @@
 
 Each worker process keeps one `Results`; the controller merges them (`Results.merge`), so
 percentiles over several processes are exact up to the histogram's resolution, not averages
-of averages. Nothing here does I/O or reads a clock.
+of averages. Nothing here does I/O or reads a clock. `to_jsonable` / `results_from_json` give
+`Results` a JSON form (a Kubernetes run's pods print theirs in their log).
 
 Latency histograms are logarithmic: bucket i holds values in (B * G^(i-1), B * G^i] with
 B = 1 microsecond and G = 1.01, so a reported percentile is within 1 % above the true value
@@ -12,9 +13,12 @@ B = 1 microsecond and G = 1.01, so a reported percentile is within 1 % above the
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 BASE_MS = 0.001
 GROWTH = 1.01
@@ -22,6 +26,7 @@ _LOG_GROWTH = math.log(GROWTH)
 PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 # Latency metrics in the report, in display order.
 LATENCIES = ("invite_to_100", "invite_to_180", "invite_to_200", "register", "bye")
+_D = TypeVar("_D")
 
 
 @dataclass
@@ -241,3 +246,50 @@ def recovery_seconds(after: dict[int, list[int]], threshold: float = 0.999) -> i
         if ok + bad and ok / (ok + bad) >= threshold:
             return k
     return None
+
+
+# -- a text form of Results (the pods of a Kubernetes run print theirs in their log) -----------
+
+
+def to_jsonable(value: Any) -> Any:
+    """Results (and what it holds) as plain JSON values; `from_jsonable` reverses it. Dict
+    keys become strings, an empty histogram's minimum (infinity) becomes null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    return value
+
+
+def from_jsonable(cls: type[_D], data: dict[str, Any]) -> _D:
+    """Rebuild a dataclass of this module from `to_jsonable`'s output (field by field, by
+    the field types; unknown keys are ignored, missing ones keep their defaults)."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _decode(hints[f.name], data[f.name])
+    return cls(**kwargs)
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return from_jsonable(hint, value)
+    if origin in (dict, Counter):
+        key, item = (str, int) if origin is Counter else args
+        decoded = {key(k): _decode(item, v) for k, v in value.items()}
+        return Counter(decoded) if origin is Counter else decoded
+    if origin is list:
+        return [_decode(args[0], v) for v in value]
+    if hint is float:
+        return math.inf if value is None else float(value)
+    return value
+
+
+def results_from_json(data: dict[str, Any]) -> Results:
+    return from_jsonable(Results, data)

@@ -301,12 +301,14 @@ def test_scale_out_report_names_the_saturated_step_and_the_workers_per_step() ->
     assert scale["cps_by_workers"] == {"2": 22.0}
     # The same run, had the controller added a worker after step 1:
     event = {"kind": "scale", "after_step": 1, "workers_before": 2, "workers_after": 3,
-             "why": ["achieved 15 < 95% of 20 offered"], "what": "sbc scaled from 2 to 3 workers"}
+             "why": ["achieved 15 < 95% of 20 offered"],
+             "what": "after step 1 saturated (achieved 15 < 95% of 20 offered): sbc scaled from "
+                     "2 to 3 workers"}
     scale = build_report(config, Outcome(r, [event]), sbc_workers=2)["scale_out"]
     assert [s["sbc_workers"] for s in scale["steps"]] == [2, 2, 3]
     assert scale["scaled"] is True and scale["sbc_workers_at_end"] == 3
     assert scale["cps_by_workers"] == {"2": 20.0, "3": 22.0}
-    assert scale["action"].startswith("after step 1 (achieved 15")
+    assert scale["action"].startswith("after step 1 saturated (achieved 15")
 
 
 def test_a_step_is_saturated_by_failures_or_a_shortfall() -> None:
