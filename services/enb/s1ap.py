@@ -2179,7 +2179,7 @@ def _fast_decode(data: bytes) -> Message | None:
         if not _FAST_MANDATORY[(type_index, code)] <= ies.keys():
             return None
         return reader(ies)
-    except (_NoFastPath, _aper.AperError, ValueError):
+    except Exception:  # _NoFastPath, AperError, a value a model rejects: pycrate will say
         return None
 
 
