@@ -48,6 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.enb.shell import SimulatedEnbs
 from services.enb.simulator import SimulatorConfig, bench_pairs
+from services.sbc.bearer_client import CHANNEL_OPTIONS
 from volte.v1 import bearer_pb2, bearer_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +135,8 @@ async def drive(transport: str, pairs: int, concurrency: int, *, enbs: int = ENB
         latencies: list[float] = []
         cpu_agent, cpu_self = cpu_seconds(agent.pid), time.process_time()
         failures = 0
-        async with grpc.aio.insecure_channel(address) as channel:
+        # The sbc's channel options (services/sbc/bearer_client.py): no gRPC retries.
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
             stub = bearer_pb2_grpc.BearerControlStub(channel)
 
             async def pair(imsi: str) -> bool:
