@@ -18,7 +18,11 @@ pycrate is untyped and keeps encoder state in module-level objects: everything t
 stays in this module, and the codec is not thread-safe (the agent and simulator run it from one
 event loop thread). Encoding skips pycrate's own constraint checks, which double its cost; the
 message classes check their ranges when built instead (`encode(..., verify=True)` runs both).
-A small PDU takes about 0.08 ms to encode and 0.13 ms to decode here.
+A small PDU takes about 0.08 ms to encode and 0.13 ms to decode here. The messages of every
+call (E-RAB Setup Request / Response, E-RAB Release Command / Response) take a fast path
+instead: pycrate-built templates and hand-written APER (services/enb/aper.py) give the same
+octets in about 0.005 ms and read them back in 0.005-0.02 ms; any other shape, and every PDU
+with an error in it, still goes through pycrate.
 """
 
 from __future__ import annotations
