@@ -1833,7 +1833,8 @@ def _decode_body(mtype: MessageType, body: dict[str, Any]) -> Decoded:
 # by hand (services.enb.aper) around pieces pycrate built once:
 #
 # - encoding: an E-RAB item's octets up to its GTP TEID depend only on the E-RAB id, QoS and
-#   transport address, so pycrate encodes one item per such shape (`_item_prefix`); the TEID,
+#   transport address, so pycrate encodes one item per such shape (`_to_setup_prefix`,
+#   `_setup_prefix`); the TEID,
 #   NAS PDU, lists, UE ids and PDU header are then written by hand. E-RAB cause lists and
 #   released-E-RAB lists have no per-call field: pycrate encodes each distinct one once.
 #   Every template is checked against a second pycrate encoding with other TEIDs and NAS
@@ -1848,6 +1849,7 @@ def _decode_body(mtype: MessageType, body: dict[str, Any]) -> Decoded:
 _TYPE_INDEX = {m: i for i, m in enumerate(MessageType)}
 _CRIT_INDEX = {c: i for i, c in enumerate(Criticality)}
 _TEMPLATE_TEID = 0xA5C3_5A3C
+_TEID = _TEMPLATE_TEID.to_bytes(4, "big")
 _TEMPLATE_NAS = bytes(range(1, 201))  # long enough for a two-octet length determinant
 
 
@@ -1855,19 +1857,17 @@ class _NoFastPath(Exception):
     """This message or PDU takes pycrate's path."""
 
 
-def _list_items(data: bytes, list_ie: Ie) -> list[bytes]:
-    """The item contents of the E-RAB list IE `list_ie` of an encoded PDU."""
-    for ie_id, _crit, contents in _aper.split_pdu(data)[3]:
-        if ie_id == list_ie:
-            return [item for _id, _c, item in _aper.split_list(contents)]
-    raise _NoFastPath(f"no IE {list_ie.name}")
-
-
 def _ie_contents(data: bytes, ie: Ie) -> bytes:
+    """The contents of IE `ie` of an encoded PDU."""
     for ie_id, _crit, contents in _aper.split_pdu(data)[3]:
         if ie_id == ie:
             return contents
     raise _NoFastPath(f"no IE {ie.name}")
+
+
+def _list_items(data: bytes, list_ie: Ie) -> list[bytes]:
+    """The item contents of the E-RAB list IE `list_ie` of an encoded PDU."""
+    return [item for _id, _c, item in _aper.split_list(_ie_contents(data, list_ie))]
 
 
 def _to_setup_item(e_rab_id: int, qos: BearerQos, address: str, teid: int, nas: bytes) -> bytes:
@@ -1880,9 +1880,6 @@ def _to_setup_item(e_rab_id: int, qos: BearerQos, address: str, teid: int, nas: 
 def _setup_item(e_rab_id: int, address: str, teid: int) -> bytes:
     response = ERabSetupResponse(0, 0, setup=(ERabSetupItem(e_rab_id, address, teid),))
     return _list_items(_pycrate_encode(response), Ie.E_RAB_SETUP_LIST_BEARER_SU_RES)[0]
-
-
-_TEID = _TEMPLATE_TEID.to_bytes(4, "big")
 
 
 @lru_cache(maxsize=256)
