@@ -44,10 +44,11 @@ from services.sip.headers import Headers, NameAddr, Via, parse_name_addr
 from services.sip.message import Request, Response, make_response
 from services.sip.sdp import NOT_ACCEPTABLE_HERE
 from services.sip.transaction import ClientTx, InviteServerTransaction, ServerTx, new_branch
-from services.sip.transport import Source, response_destination
+from services.sip.transport import Address, Source, response_destination
 from services.sip.uri import URI, parse_uri
 from volte.v1 import bearer_pb2, common_pb2, media_pb2, state_pb2
 
+WORKER_PARAM = "vw"  # our Via parameter naming the worker that awaits the answer
 log = logging.getLogger("volte.sbc")
 tracer = trace.get_tracer("volte.sbc")
 meter = metrics.get_meter("volte.sbc")
@@ -198,9 +199,38 @@ class Sbc:
     def _via_local(self) -> tuple[str, int]:
         return (self.config.sip_listen, self.via_port)
 
-    def _via_for(self, transport: str, branch: str) -> Via:
-        port = self.via_port if transport == "UDP" else self.port
-        return Via(transport, self.config.advertised, port, {"branch": branch, "rport": None})
+    def _local(self, hop: Hop) -> Address:
+        """The UDP socket to send to `hop` from. Toward a UE, the SIP port: the one its REGISTER
+        came to, so that a NAT in front of it lets us in (RFC 5626 flows). Toward the next
+        hop, this worker's own port, so that the answers come straight back to it."""
+        return (self.config.sip_listen, self.port if self._toward_ue(hop) else self.via_port)
+
+    def _via_for(self, hop: Hop, branch: str) -> Via:
+        params: dict[str, str | None] = {"branch": branch, "rport": None}
+        if hop.transport != "UDP":
+            port = self.port
+        elif self._toward_ue(hop):
+            port = self.port
+            if self.config.shared_port:
+                # The UE answers to the shared SIP port, where any worker may get it: this
+                # names (signed) the worker that awaits it, for the one that does to hand over.
+                params[WORKER_PARAM] = self._worker_tag
+        else:
+            port = self.via_port
+        return Via(hop.transport, self.config.advertised, port, params)
+
+    @property
+    def _worker_tag(self) -> str:
+        mac = hmac.new(self.key, f"worker:{self.via_port}".encode(), hashlib.sha256)
+        return f"{self.via_port}-{mac.hexdigest()[:8]}"
+
+    def _owning_worker(self, via: Via) -> int | None:
+        """The own port of the worker named by a Via's worker tag, if signed by us."""
+        port, _, mac = (via.params.get(WORKER_PARAM) or "").partition("-")
+        if not port.isdigit():
+            return None
+        expected = hmac.new(self.key, f"worker:{port}".encode(), hashlib.sha256)
+        return int(port) if hmac.compare_digest(mac, expected.hexdigest()[:8]) else None
 
     def _ours(self, host: str, port: int | None) -> bool:
         return host == self.config.advertised and (port or 5060) in (self.port, self.via_port)
@@ -467,9 +497,9 @@ class Sbc:
 
     def _send_branch(self, ctx: ProxyContext, out: Request, hop: Hop, n: int) -> None:
         self._hide_topology(out, hop)
-        via = self._via_for(hop.transport, f"{self._branch(ctx.request, '')}.{n}")
+        via = self._via_for(hop, f"{self._branch(ctx.request, '')}.{n}")
         out.headers.add_first("Via", str(via))
-        client_tx = self.endpoint.send_request(out, hop.source(self._via_local))
+        client_tx = self.endpoint.send_request(out, hop.source(self._local(hop)))
         ctx.branches[client_tx] = Branch(hop, out)
         self.by_client[client_tx] = ctx
 
@@ -564,8 +594,8 @@ class Sbc:
             return
         out = Request("ACK", ack.uri, ack.headers.copy(), ack.body)
         self._hide_topology(out, hop)
-        out.headers.add_first("Via", str(self._via_for(hop.transport, self._branch(ack, "ack"))))
-        self.endpoint.send_stateless(out, hop.source(self._via_local))
+        out.headers.add_first("Via", str(self._via_for(hop, self._branch(ack, "ack"))))
+        self.endpoint.send_stateless(out, hop.source(self._local(hop)))
 
     # -- responses: aggregation (RFC 3261 section 16.7) -----------------------------------------
     def _branch_response(self, ctx: ProxyContext, tx: ClientTx, response: Response) -> None:
@@ -833,7 +863,7 @@ class Sbc:
         request = ctx.request
         branch = ctx.branches[tx]
         self.calls.pop(ctx.media or f"call:{request.call_id}", None)
-        peer = branch.target.source(self._via_local)
+        peer = branch.target.source(self._local(branch.target))
         leg = [("From", request.headers.get("from") or ""),
                ("To", response.headers.get("to") or ""), ("Call-ID", request.call_id),
                *(("Route", r) for r in self._routes_toward_callee(response))]
@@ -957,7 +987,7 @@ class Sbc:
         bye = self._own_request("BYE", target, hop, [
             ("From", from_), ("To", to), ("Call-ID", call.call_id), ("CSeq", "999999 BYE"), reason,
         ])
-        self.endpoint.send_request(bye, hop.source(self._via_local))
+        self.endpoint.send_request(bye, hop.source(self._local(hop)))
 
     def _own_request(
         self, method: str, target: str, hop: Hop, headers: list[tuple[str, str]]
@@ -966,7 +996,7 @@ class Sbc:
         request = Request(method, target, Headers.of(
             [("Max-Forwards", "70"), *headers, ("Content-Length", "0")]
         ))
-        request.headers.add_first("Via", str(self._via_for(hop.transport, new_branch())))
+        request.headers.add_first("Via", str(self._via_for(hop, new_branch())))
         return request
 
     def _forward_stray(self, response: Response) -> None:
@@ -977,12 +1007,21 @@ class Sbc:
         try:
             if not self._signed_by_us(response.top_via):
                 return
+            owner = self._owning_worker(response.top_via)
+            if owner is not None and owner not in (self.via_port, self.port):
+                # Another worker of ours awaits it (the UE answered to the shared port):
+                # hand it over to that worker's own port, where its transaction gets it. As
+                # is: sending it as a response would route it by its Via, back to the SIP port.
+                self.endpoint.transport.send_udp(
+                    response.to_bytes(), (self.config.sip_listen, owner), self._via_local)
+                return
             response.headers.pop_first_value("via")
             via = response.top_via
         except ParseError:
             return
         destination = response_destination(via)
-        local = self._via_local if via.transport == "UDP" else ("", 0)
+        local = self._local(Hop(via.transport, destination)) if via.transport == "UDP" \
+            else ("", 0)
         self.endpoint.send_stateless(response, Source(via.transport, destination, local))
 
     # -- CANCEL (RFC 3261 sections 9 and 16.10) --------------------------------------------------
@@ -1023,7 +1062,7 @@ class Sbc:
         ]
         cancel = Request("CANCEL", original.uri, Headers.of(cancel_headers))
         try:
-            self.endpoint.send_request(cancel, branch.target.source(self._via_local))
+            self.endpoint.send_request(cancel, branch.target.source(self._local(branch.target)))
         except Exception:  # a CANCEL already sent for this branch
             log.debug("CANCEL not sent", exc_info=True)
 
