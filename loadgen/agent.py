@@ -385,12 +385,13 @@ class OutgoingCall:
     """One call placed by a LoadUe: `setup()` until the outcome of the INVITE, then (when
     answered) `wait(hold)` and `hang_up()`."""
 
-    def __init__(self, ue: LoadUe, record: CallRecord, *, media: bool) -> None:
+    def __init__(self, ue: LoadUe, record: CallRecord, *, media: bool,
+                 target: str | None = None) -> None:
         self.ue = ue
         self.record = record
         self.media = media
         self.rtp: RtpStream | None = None
-        self.target = f"sip:{record.callee}@{ue.domain}"
+        self.target = target or f"sip:{record.callee}@{ue.domain}"  # the Request-URI
         self.tag = f"o{next(_tags)}"
         self.invite_tx: ClientTx | None = None
         self.invite: Request | None = None

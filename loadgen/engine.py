@@ -99,7 +99,7 @@ class Worker:
         """Open every UE's socket; for call scenarios, register them all (paced)."""
         raise_nofile()
         c = self.config
-        count = c.subscribers if not c.is_call_scenario else 2 * c.pairs
+        count = c.subscribers if c.solo else 2 * c.pairs
         for i in range(count):
             ue = LoadUe(str(c.start + i), c.password, domain=c.domain, proxies=c.targets,
                         retransmissions=self.results.retransmissions)
@@ -113,6 +113,8 @@ class Worker:
         self.results.ues = len(self.ues)
         if self._timeline_path:
             self._timeline = open(self._timeline_path, "w")  # noqa: SIM115 - closed in run()
+        if c.far_end:  # nothing to register: the far end takes calls from anyone
+            return
         if not c.is_call_scenario:
             self.idle.extend(range(len(self.ues)))
             if c.clear_bindings:
@@ -160,6 +162,11 @@ class Worker:
         if register:
             cause = await self._register(ue)
         return cause
+
+    @property
+    def usable(self) -> int:
+        """What the load can use: UE pairs registered, else (register, far end) UEs."""
+        return len(self.ues) if self.config.solo else len(self.pairs)
 
     async def _unregister_all(self, timeout: float = 10.0) -> None:
         """After the load: remove our bindings (bounded: `timeout` seconds in all)."""
@@ -219,7 +226,7 @@ class Worker:
         await asyncio.sleep(max(0.0, self.t0 - time.monotonic()))
         c = self.config
         background = [asyncio.ensure_future(self._report(progress))]
-        if c.is_call_scenario:
+        if c.is_call_scenario and not c.far_end:
             background.append(asyncio.ensure_future(self._reregister()))
         try:
             await self._offer()
@@ -279,15 +286,22 @@ class Worker:
                 return
             self._spawn(self._register(ue, second))
             return
-        if self.active >= self.config.max_concurrent or not self.idle:
+        far_end = self.config.far_end
+        if self.active >= self.config.max_concurrent or not (far_end or self.idle):
             bucket.blocked += 1
             r.blocked += 1
             return
-        pair = self.idle.popleft()
         kind = self.config.mix.pick(self.rng.random())
         self.active += 1
         bucket.active = max(bucket.active, self.active)
-        self._spawn(self._call(pair, kind, second))
+        if far_end:  # each UE in turn, however many calls it has in progress already
+            self._spawn(self._call(self.ues[r.offered % len(self.ues)], None, kind, second))
+            return
+        pair = self.idle.popleft()
+        a, b = self.pairs[pair]
+        caller, callee = (b, a) if self.flip[pair] else (a, b)
+        self.flip[pair] = not self.flip[pair]
+        self._spawn(self._call(caller, callee, kind, second, pair))
 
     def _idle_ue(self) -> LoadUe | None:
         for _ in range(len(self.idle)):
@@ -325,14 +339,17 @@ class Worker:
                     self._spawn(self._register(ue))
 
     # -- one call ------------------------------------------------------------------------------
-    async def _call(self, pair: int, kind: CallKind, second: int) -> None:
+    async def _call(self, caller: LoadUe, callee: LoadUe | None, kind: CallKind, second: int,
+                    pair: int | None = None) -> None:
+        """One call from `caller` to `callee` (None: to the far end, --callee); `pair` goes
+        back to the idle ones when it is over."""
         c, r = self.config, self.results
-        a, b = self.pairs[pair]
-        caller, callee = (b, a) if self.flip[pair] else (a, b)
-        self.flip[pair] = not self.flip[pair]
-        record = CallRecord(kind, caller.number, callee.number, call_id())
-        callee.plans[record.call_id] = kind
-        call = OutgoingCall(caller, record, media=c.media)
+        record = CallRecord(kind, caller.number, callee.number if callee else c.callee,
+                            call_id())
+        if callee is not None:
+            callee.plans[record.call_id] = kind
+        call = OutgoingCall(caller, record, media=c.media,
+                            target=None if callee else c.callee)
         self.calls[record.call_id] = call
         r.attempted += 1
         r.second(second).attempted += 1
@@ -344,7 +361,7 @@ class Worker:
             if record.established is not None:
                 if kind == CallKind.NORMAL:
                     await call.wait(c.hold)
-                    if not record.dropped:
+                    if not record.dropped and callee is not None:
                         record.bearer_ok = await self.bearers.check(caller.number, callee.number)
                 await call.hang_up()
         except asyncio.CancelledError:
@@ -357,7 +374,8 @@ class Worker:
             call.abandon()
         finally:
             self.calls.pop(record.call_id, None)
-            self.idle.append(pair)
+            if pair is not None:
+                self.idle.append(pair)
             self.active -= 1
         self._finish(record, callee)
 
@@ -377,10 +395,10 @@ class Worker:
             r.setups_succeeded += 1
             r.second(now).achieved += 1
 
-    def _finish(self, rec: CallRecord, callee: LoadUe) -> None:
+    def _finish(self, rec: CallRecord, callee: LoadUe | None) -> None:
         """The call is over: decide its outcome and count it."""
         c, r = self.config, self.results
-        term = callee.finish_terminating(rec.call_id)
+        term = callee.finish_terminating(rec.call_id) if callee is not None else None
         if term is not None and term.rtp is not None:
             rec.callee_rtp_sent = term.rtp.sent
             rec.callee_rtp_received = term.rtp.received
@@ -400,8 +418,9 @@ class Worker:
             r.media_checked += 1
             r.rtp_sent += rec.rtp_sent + rec.callee_rtp_sent
             r.rtp_received += rec.rtp_received + rec.callee_rtp_received
+            # (a far end's side is not ours to count: what we received from it is its RTP)
             heard = (rec.rtp_received >= MIN_RTP_PACKETS,
-                     rec.callee_rtp_received >= MIN_RTP_PACKETS)
+                     callee is None or rec.callee_rtp_received >= MIN_RTP_PACKETS)
             if not all(heard):
                 r.media_without += 1
                 if any(heard):
@@ -546,7 +565,7 @@ async def _run_inline(config: LoadConfig, display: Display, event: ScenarioEvent
         await worker.close()
         raise
     registered = sum(ue.registered_at is not None for ue in worker.ues)
-    _check_ready(config, [len(worker.pairs) if config.is_call_scenario else len(worker.ues)])
+    _check_ready(config, [worker.usable])
     t0 = time.time() + START_DELAY
     events: list[dict[str, Any]] = []
     display.start(config.planned_seconds(), config.scenario)
@@ -693,7 +712,7 @@ async def _process(config: LoadConfig, index: int, timeline: str, link: Connecti
     except BaseException:
         await worker.close()
         raise
-    usable = len(worker.pairs) if config.is_call_scenario else len(worker.ues)
+    usable = worker.usable
     registered = sum(ue.registered_at is not None for ue in worker.ues)
     link.send(("ready", {"usable": usable, "registered": registered}))
     loop = asyncio.get_running_loop()
