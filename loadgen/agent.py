@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from loadgen.config import CallKind
 from loadgen.rtp import RtpStream
@@ -45,6 +46,7 @@ from services.sip.transport import Address, Source
 BYE_TIMEOUT = 32.0  # Timer F
 EARLY = 0.005  # a timer this close to its time counts as due
 _tags = itertools.count(1)
+T = TypeVar("T")
 
 
 class CountingLayer(TransactionLayer):
@@ -218,8 +220,7 @@ class LoadUe(Ue):
         deadline = time.monotonic() + timeout
         try:
             while True:
-                _, response = await asyncio.wait_for(queue.get(),
-                                                     max(0.0, deadline - time.monotonic()))
+                _, response = await get_within(queue, deadline - time.monotonic())
                 if response is None or response.status >= 200:
                     return response
         except TimeoutError:
@@ -433,7 +434,7 @@ class OutgoingCall:
                 now = time.monotonic()
                 wake = deadline if cancel_at is None or cancel_tx else min(deadline, cancel_at)
                 try:
-                    got_tx, response = await asyncio.wait_for(queue.get(), max(0.0, wake - now))
+                    got_tx, response = await get_within(queue, wake - now)
                 except TimeoutError:
                     now = time.monotonic()
                     # (the loop's timers may wake a millisecond early)
@@ -530,7 +531,8 @@ class OutgoingCall:
     async def wait(self, hold: float) -> None:
         """Talk for `hold` seconds (less if the network hangs up)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dropped.wait(), hold)
+            async with asyncio.timeout(hold):
+                await self._dropped.wait()
 
     async def hang_up(self) -> None:
         """BYE (unless the network ended the call); RTP counts go into the record."""
@@ -564,6 +566,16 @@ class OutgoingCall:
         if self.invite_tx is not None:
             self.ue.forget(self.invite_tx)
         self.ue.originating.pop(self.record.call_id, None)
+
+
+async def get_within(queue: asyncio.Queue[T], timeout: float) -> T:
+    """The next item of `queue` within `timeout` seconds, else TimeoutError. (What
+    `wait_for(queue.get(), timeout)` does without the task wait_for wraps the get in: this
+    runs for every response of every call.)"""
+    if not queue.empty():
+        return queue.get_nowait()
+    async with asyncio.timeout(max(0.0, timeout)):
+        return await queue.get()
 
 
 def call_id() -> str:

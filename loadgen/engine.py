@@ -228,10 +228,12 @@ class Worker:
         background = [asyncio.ensure_future(self._report(progress))]
         if c.is_call_scenario and not c.far_end:
             background.append(asyncio.ensure_future(self._reregister()))
+        cpu = time.process_time()
         try:
             await self._offer()
             self.results.load_seconds = self.elapsed()
             await self._drain(c.drain_timeout)
+            self.results.cpu_seconds = time.process_time() - cpu
         finally:
             for task in background:
                 task.cancel()
