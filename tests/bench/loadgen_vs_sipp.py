@@ -9,21 +9,21 @@ BYE, 200) on loopback UDP for the whole run is the far end of three UACs in turn
 
 No proxy, no registration, no media: the UAC's own cost per call is what is measured.
 
-What is measured. Each UAC places calls at STEPS calls per second, STEP_SECONDS per step
-(rate x STEP_SECONDS calls). Steps alternate between the UACs (each rate: SIPp, loadgen 1w,
-loadgen 2w), so drift in the machine's load falls on all of them alike; a failed step is run
-once more (this machine is shared: a burst of someone else's load can fail one step), and
-after a UAC's step fails twice it is not stepped further. A step passes when fewer than 0.1 %
-of its calls failed (SIPp: FailedCall, or a call not over by its deadline; loadgen: failed,
-blocked or never offered), and the achieved rate was at least 90 % of the offered one (SIPp: CallRate(C) of its
+What is measured. Each UAC places calls at STEPS calls per second, STEP_SECONDS per step (rate x
+STEP_SECONDS calls). Steps alternate between the UACs (each rate: SIPp, loadgen 1w, loadgen 2w),
+so drift in the machine's load falls on all of them alike; a failed step is run once more (this
+machine is shared: a burst of someone else's load can fail one step), and after a UAC's step
+fails twice it is not stepped further. A step passes when fewer than 0.1 % of its calls failed
+(SIPp: FailedCall, or a call not over by its deadline; loadgen: failed, blocked or never
+offered), and the achieved rate was at least 90 % of the offered one (SIPp: CallRate(C) of its
 -trace_stat, so the drain counts; loadgen: cps.achieved of its report). Reported per step:
 calls, failed, achieved calls/s, INVITE->200 time (SIPp: mean of response time 1, 1 ms
 resolution; loadgen: p50), and the UAC's CPU seconds per 1000 calls: SIPp's user + system time
 from wait4() when it exits (its start-up is a few ms), loadgen's from its report
-(engine.cpu_seconds: the worker processes' CPU time from the start of the load to the end of
-the drain; Python's start-up and the worker spawn excluded). Then per UAC the highest passed
-step and calls per CPU-second there (a core's worth of calls), and the ratios against the
-targets: loadgen 1w's max rate >= SIPp's (per core) and loadgen 2w's above one SIPp process.
+(engine.cpu_seconds: the worker processes' CPU time from the start of the load to the end of the
+drain; Python's start-up and the worker spawn excluded). Then per UAC the highest passed step
+and calls per CPU-second there (a core's worth of calls), and the ratios against the targets:
+loadgen 1w's max rate >= SIPp's (per core) and loadgen 2w's above one SIPp process.
 
 Caveats printed with the table: the UAS and the UAC share the machine's 2 cores (loadgen 2w's
 two workers and the UAS need three), and STEPS caps what can be shown. `BENCH_KEEP=<dir>` keeps
