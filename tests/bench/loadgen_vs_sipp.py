@@ -46,7 +46,7 @@ from services.stack import free_port
 from tests.bench.sbc_vs_kamailio import duration_ms, last_stats, udp_receive_drops
 from tests.interop.sipp_far_end import SIPP_BUFFER, SippUas, sipp_binary
 
-STEPS = (100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000)
+STEPS = (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000)
 STEP_SECONDS = 3
 HOLD_MS = 100
 RECV_TIMEOUT_MS = 5000
