@@ -155,20 +155,24 @@ def sipp_step(uas: SippUas, workdir: Path, rate: int, calls: int) -> Step:
 def loadgen_step(uas: SippUas, workdir: Path, rate: int, calls: int, workers: int) -> Step:
     step = Step(rate, calls)
     report = workdir / f"loadgen-{workers}w-{rate}-{calls}.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loadgen", "call-setup", "--callee", uas.uri,
-         "--calls", str(calls), "--rate", str(rate), "--hold", str(HOLD_MS / 1000),
-         "--no-media", "--subscribers", str(CALLERS_PER_WORKER * workers),
-         "--workers", str(workers), "--setup-timeout", str(RECV_TIMEOUT_MS / 1000),
-         "--run-dir", str(workdir / "no-stack"), "--progress", "none",
-         "--report", str(report)],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    log = workdir / f"loadgen-{workers}w-{rate}-{calls}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loadgen", "call-setup", "--callee", uas.uri,
+             "--calls", str(calls), "--rate", str(rate), "--hold", str(HOLD_MS / 1000),
+             "--no-media", "--subscribers", str(CALLERS_PER_WORKER * workers),
+             "--workers", str(workers), "--setup-timeout", str(RECV_TIMEOUT_MS / 1000),
+             "--run-dir", str(workdir / "no-stack"), "--progress", "none",
+             "--report", str(report)],
+            cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+        )
     code, _ = wait_cpu(proc, calls / rate + RECV_TIMEOUT_MS / 1000 * 2 + 60)
     try:
         data = json.loads(report.read_text())
     except (OSError, ValueError):
-        step.finished, step.note = False, f"no report (exit {code})"
+        said = log.read_text(errors="replace").strip().splitlines()
+        step.finished = False
+        step.note = f"no report, exit {code}: {said[-1] if said else 'nothing said'}"
         return step
     c = data["calls"]
     step.ok = c["succeeded"]
