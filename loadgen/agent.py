@@ -148,6 +148,8 @@ class LoadUe(Ue):
         self.terminating: dict[str, Terminating] = {}
         self.originating: dict[str, OutgoingCall] = {}
         self._mine: dict[ClientTx, asyncio.Queue[tuple[ClientTx, Response | None]]] = {}
+        # INVITE tx -> what takes its provisional responses without waking the call's task
+        self._provisional_to: dict[ClientTx, Callable[[Response], None]] = {}
         self._acks: dict[ClientTx, Request] = {}  # INVITE tx -> its ACK, for 2xx re-sends
         self.registered_at: float | None = None
         self._answering: set[asyncio.Task[None]] = set()
@@ -250,6 +252,7 @@ class LoadUe(Ue):
         for tx in txs:
             self._mine.pop(tx, None)
             self._acks.pop(tx, None)
+            self._provisional_to.pop(tx, None)
 
     def send_ack(self, invite_tx: ClientTx, ack: Request) -> None:
         self._acks[invite_tx] = ack
@@ -263,6 +266,11 @@ class LoadUe(Ue):
                 # a 2xx re-sent (our ACK was lost or late): ACK it again (RFC 3261 13.2.2.4)
                 self.endpoint.send_stateless(ack, Source("UDP", self.proxy, self.local))
                 return
+            if response.status < 200:
+                take = self._provisional_to.get(tx)
+                if take is not None:
+                    take(response)
+                    return
             self._mine[tx].put_nowait((tx, response))
             return
         super().on_response(response, tx, source)
@@ -425,6 +433,8 @@ class OutgoingCall:
         rec.started = time.monotonic()
         rec.event("INVITE", rec.started)
         tx = self.invite_tx = ue.send_tracked(invite, queue)
+        if cancel_after is None:  # nothing to do on a 1xx but note it: the task sleeps on
+            ue._provisional_to[tx] = self._provisional
         deadline = rec.started + timeout
         cancel_at: float | None = None
         cancel_tx: ClientTx | None = None
@@ -458,12 +468,7 @@ class OutgoingCall:
                     break
                 status = response.status
                 if status < 200:
-                    rec.event(str(status), now)
-                    ms = (now - rec.started) * 1000
-                    if status == 100 and rec.trying_ms is None:
-                        rec.trying_ms = ms
-                    elif status == 180 and rec.ringing_ms is None:
-                        rec.ringing_ms = ms
+                    self._provisional(response, now)
                     if status > 100 and cancel_after is not None and cancel_at is None:
                         cancel_at = now + cancel_after
                     continue
@@ -504,6 +509,17 @@ class OutgoingCall:
                 self.rtp.start(sdp_destination(final.body), rtp_seconds)
             except (ValueError, IndexError):
                 rec.cause = rec.cause or "bad_sdp"
+
+    def _provisional(self, response: Response, now: float | None = None) -> None:
+        rec = self.record
+        now = time.monotonic() if now is None else now
+        status = response.status
+        rec.event(str(status), now)
+        ms = (now - rec.started) * 1000
+        if status == 100 and rec.trying_ms is None:
+            rec.trying_ms = ms
+        elif status == 180 and rec.ringing_ms is None:
+            rec.ringing_ms = ms
 
     def _cancel(
         self, queue: asyncio.Queue[tuple[ClientTx, Response | None]], now: float
