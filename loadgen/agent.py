@@ -17,7 +17,6 @@ what arrived on each side when it ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
@@ -407,13 +406,14 @@ class OutgoingCall:
         self.remote_tag = ""
         self.remote_target = ""
         self.route: list[str] = []
-        self._dropped = asyncio.Event()
+        self._talking: asyncio.Future[None] | None = None  # wait(): ends early on a drop
 
     def dropped_by_network(self, now: float) -> None:
         if not self.record.dropped and self.record.established is not None:
             self.record.dropped = True
             self.record.event("BYE from network", now)
-            self._dropped.set()
+            if self._talking is not None and not self._talking.done():
+                self._talking.set_result(None)
 
     async def setup(self, timeout: float, cancel_after: float | None = None,
                     rtp_seconds: float = 60.0) -> None:
@@ -546,9 +546,16 @@ class OutgoingCall:
 
     async def wait(self, hold: float) -> None:
         """Talk for `hold` seconds (less if the network hangs up)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(hold):
-                await self._dropped.wait()
+        if self.record.dropped:
+            return
+        loop = asyncio.get_running_loop()
+        talking = self._talking = loop.create_future()
+        timer = loop.call_later(hold, _resolve, talking)
+        try:
+            await talking
+        finally:
+            timer.cancel()
+            self._talking = None
 
     async def hang_up(self) -> None:
         """BYE (unless the network ended the call); RTP counts go into the record."""
@@ -582,6 +589,11 @@ class OutgoingCall:
         if self.invite_tx is not None:
             self.ue.forget(self.invite_tx)
         self.ue.originating.pop(self.record.call_id, None)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def get_within(queue: asyncio.Queue[T], timeout: float) -> T:

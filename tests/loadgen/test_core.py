@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import itertools
 import json
@@ -11,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from loadgen.agent import CallRecord, LoadUe
+from loadgen.agent import CallRecord, LoadUe, OutgoingCall
 from loadgen.config import CallKind, LoadConfig, Mix, parse_address
 from loadgen.engine import Outcome, Worker
 from loadgen.report import CSV_COLUMNS, build_report, write_csv, write_json
@@ -340,3 +341,20 @@ def test_far_end_shares_split_single_ues() -> None:
     assert c.far_end and c.solo and not LoadConfig("call-setup").solo
     shares = [c.share(i, 2) for i in range(2)]
     assert [(s.start, s.subscribers) for s in shares] == [(100, 3), (103, 2)]
+
+
+async def test_a_hang_up_by_the_network_ends_the_talk_at_once() -> None:
+    ue = LoadUe("100", "pw", domain="ims.local", proxies=[("127.0.0.1", 9)],
+                retransmissions=Counter())
+    record = CallRecord(CallKind.NORMAL, "100", "101", "cid-drop")
+    call = OutgoingCall(ue, record, media=False)
+    record.started = record.established = time.monotonic()
+    talk = asyncio.ensure_future(call.wait(30.0))
+    await asyncio.sleep(0.05)
+    assert not talk.done()
+    call.dropped_by_network(time.monotonic())
+    await asyncio.wait_for(talk, 1.0)  # not the 30 s hold
+    assert record.dropped
+    started = time.monotonic()
+    await call.wait(30.0)  # dropped already: no wait at all
+    assert time.monotonic() - started < 0.5
