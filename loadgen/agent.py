@@ -20,10 +20,9 @@ import asyncio
 import itertools
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from loadgen.config import CallKind
 from loadgen.rtp import RtpStream
@@ -45,7 +44,6 @@ from services.sip.transport import Address, Source
 BYE_TIMEOUT = 32.0  # Timer F
 EARLY = 0.005  # a timer this close to its time counts as due
 _tags = itertools.count(1)
-T = TypeVar("T")
 
 
 class CountingLayer(TransactionLayer):
@@ -146,7 +144,7 @@ class LoadUe(Ue):
         self.rtp_limit = 60.0  # seconds of RTP at most on a call we answer
         self.terminating: dict[str, Terminating] = {}
         self.originating: dict[str, OutgoingCall] = {}
-        self._mine: dict[ClientTx, asyncio.Queue[tuple[ClientTx, Response | None]]] = {}
+        self._mine: dict[ClientTx, Mailbox] = {}
         # INVITE tx -> what takes its provisional responses without waking the call's task
         self._provisional_to: dict[ClientTx, Callable[[Response], None]] = {}
         self._acks: dict[ClientTx, Request] = {}  # INVITE tx -> its ACK, for 2xx re-sends
@@ -216,12 +214,12 @@ class LoadUe(Ue):
 
     async def transact(self, request: Request, timeout: float) -> Response | None:
         """Send a non-INVITE request; its final response, or None (no answer in time)."""
-        queue: asyncio.Queue[tuple[ClientTx, Response | None]] = asyncio.Queue()
+        queue = Mailbox()
         tx = self.send_tracked(request, queue)
         deadline = time.monotonic() + timeout
         try:
             while True:
-                _, response = await get_within(queue, deadline - time.monotonic())
+                _, response = await queue.get(deadline - time.monotonic())
                 if response is None or response.status >= 200:
                     return response
         except TimeoutError:
@@ -239,9 +237,7 @@ class LoadUe(Ue):
         return None if response.status == 200 else f"status_{response.status}"
 
     # -- requests we send in calls -------------------------------------------------------------
-    def send_tracked(
-        self, request: Request, queue: asyncio.Queue[tuple[ClientTx, Response | None]]
-    ) -> ClientTx:
+    def send_tracked(self, request: Request, queue: Mailbox) -> ClientTx:
         """Start a client transaction whose responses (and timeout, as None) go to `queue`."""
         tx = self.endpoint.send_request(request, Source("UDP", self.proxy, self.local))
         self._mine[tx] = queue
@@ -428,7 +424,7 @@ class OutgoingCall:
         invite = ue._request("INVITE", self.target, to=f"<{self.target}>", call_id=rec.call_id,
                              cseq=1, from_tag=self.tag, body=body)
         self.invite = invite
-        queue: asyncio.Queue[tuple[ClientTx, Response | None]] = asyncio.Queue()
+        queue = Mailbox()
         ue.originating[rec.call_id] = self
         rec.started = time.monotonic()
         rec.event("INVITE", rec.started)
@@ -444,7 +440,7 @@ class OutgoingCall:
                 now = time.monotonic()
                 wake = deadline if cancel_at is None or cancel_tx else min(deadline, cancel_at)
                 try:
-                    got_tx, response = await get_within(queue, wake - now)
+                    got_tx, response = await queue.get(wake - now)
                 except TimeoutError:
                     now = time.monotonic()
                     # (the loop's timers may wake a millisecond early)
@@ -522,7 +518,7 @@ class OutgoingCall:
             rec.ringing_ms = ms
 
     def _cancel(
-        self, queue: asyncio.Queue[tuple[ClientTx, Response | None]], now: float
+        self, queue: Mailbox, now: float
     ) -> ClientTx:
         """CANCEL the INVITE (RFC 3261 9.1): its Request-URI, top Via, Route, From, To,
         Call-ID and CSeq number."""
@@ -596,14 +592,38 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def get_within(queue: asyncio.Queue[T], timeout: float) -> T:
-    """The next item of `queue` within `timeout` seconds, else TimeoutError. (What
-    `wait_for(queue.get(), timeout)` does without the task wait_for wraps the get in: this
-    runs for every response of every call.)"""
-    if not queue.empty():
-        return queue.get_nowait()
-    async with asyncio.timeout(max(0.0, timeout)):
-        return await queue.get()
+class Mailbox:
+    """What one exchange's transactions report to the task driving it, in order: (transaction,
+    response), or (transaction, None) when it timed out. A deque and one waiter with one timer:
+    what `wait_for(asyncio.Queue().get(), timeout)` does, for a fraction of its cost (a queue
+    with its Event, a task per get or a timeout scope), as this runs for every response of
+    every call."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[ClientTx, Response | None]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[ClientTx, Response | None]) -> None:
+        self._items.append(item)
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    async def get(self, timeout: float) -> tuple[ClientTx, Response | None]:
+        """The next item within `timeout` seconds, else TimeoutError."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(0.0, timeout), _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._items:
+                raise TimeoutError
+        return self._items.popleft()
 
 
 def call_id() -> str:
