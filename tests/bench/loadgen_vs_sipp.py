@@ -32,6 +32,7 @@ the reports and SIPp's files there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -46,7 +47,7 @@ from services.stack import free_port
 from tests.bench.sbc_vs_kamailio import duration_ms, last_stats, udp_receive_drops
 from tests.interop.sipp_far_end import SIPP_BUFFER, SippUas, sipp_binary
 
-STEPS = (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000)
+STEPS = (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000, 12000)
 STEP_SECONDS = 3
 HOLD_MS = 100
 RECV_TIMEOUT_MS = 5000
@@ -54,6 +55,7 @@ MAX_FAILED = 0.001
 MIN_ACHIEVED = 0.9
 CALLERS_PER_WORKER = 10  # loadgen UEs (sockets) per worker; SIPp uses one socket
 WARMUP_CALLS = 50
+RUNS = itertools.count(1)
 RETRIES = 1  # a failed step is run again once (the machine is shared): the second result counts
 
 
@@ -154,8 +156,8 @@ def sipp_step(uas: SippUas, workdir: Path, rate: int, calls: int) -> Step:
 
 def loadgen_step(uas: SippUas, workdir: Path, rate: int, calls: int, workers: int) -> Step:
     step = Step(rate, calls)
-    report = workdir / f"loadgen-{workers}w-{rate}-{calls}.json"
-    log = workdir / f"loadgen-{workers}w-{rate}-{calls}.log"
+    name = f"loadgen-{workers}w-{rate}-{calls}-{next(RUNS)}"  # a retried step has its own
+    report, log = workdir / f"{name}.json", workdir / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "loadgen", "call-setup", "--callee", uas.uri,
