@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import random
 import resource
+import signal
 import time
 import traceback
 from collections import deque
@@ -660,7 +661,7 @@ async def _run_processes(config: LoadConfig, display: Display, event: ScenarioEv
                 ready[index] = message[1]
             elif message[0] in ("error", "gone"):
                 raise LoadError(f"worker {index} failed while preparing:\n"
-                                f"{message[1] if len(message) > 1 else 'it exited'}")
+                                f"{_why_gone(message, procs[index])}")
         _check_ready(config, [r["usable"] for r in ready.values()])
         t0 = time.time() + START_DELAY
         for link in links:
@@ -680,8 +681,7 @@ async def _run_processes(config: LoadConfig, display: Display, event: ScenarioEv
             elif kind == "result":
                 parts[index] = message[1]
             elif kind in ("error", "gone") and index not in parts:
-                raise LoadError(f"worker {index} failed:\n"
-                                f"{message[1] if len(message) > 1 else 'it exited'}")
+                raise LoadError(f"worker {index} failed:\n{_why_gone(message, procs[index])}")
     finally:
         if fired is not None:
             fired.cancel()
@@ -701,6 +701,23 @@ async def _run_processes(config: LoadConfig, display: Display, event: ScenarioEv
         _join_parts(timeline, n)
     merged = merge_all([parts[i] for i in range(n)])
     return Outcome(merged, events, t0, sum(r["registered"] for r in ready.values()))
+
+
+def _why_gone(message: tuple[Any, ...], proc: multiprocessing.process.BaseProcess) -> str:
+    """A worker's traceback, or how its process ended when it could not send one."""
+    if len(message) > 1:
+        return str(message[1])
+    proc.join(timeout=2)
+    code = proc.exitcode
+    if code is None:
+        return "its pipe closed, the process still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"it was killed by signal {name}"
+    return f"it exited with status {code} before sending its results"
 
 
 def _sum_snapshots(snapshots: dict[int, Snapshot]) -> Snapshot:
@@ -726,7 +743,7 @@ def _process_main(config: LoadConfig, index: int, timeline: str, link: Connectio
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
         try:
             run_async(_process(config, index, timeline, link))
-        except Exception:
+        except BaseException:  # CancelledError and SystemExit too: the parent must hear why
             link.send(("error", traceback.format_exc()))
         finally:
             link.close()
