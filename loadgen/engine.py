@@ -648,6 +648,10 @@ async def _run_processes(config: LoadConfig, display: Display, event: ScenarioEv
 
     for index, link in enumerate(links):
         loop.add_reader(link.fileno(), readable, index)
+        # uvloop (libuv's uv_poll) made the pipe non-blocking: a results message larger than
+        # the pipe's buffer would then be read half, raise BlockingIOError and count as a
+        # worker gone. Readable means a message is coming: wait for all of it.
+        os.set_blocking(link.fileno(), True)
     snapshots: dict[int, Snapshot] = {}
     parts: dict[int, Results] = {}
     events: list[dict[str, Any]] = []
