@@ -17,11 +17,10 @@ what arrived on each side when it ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -146,7 +145,9 @@ class LoadUe(Ue):
         self.rtp_limit = 60.0  # seconds of RTP at most on a call we answer
         self.terminating: dict[str, Terminating] = {}
         self.originating: dict[str, OutgoingCall] = {}
-        self._mine: dict[ClientTx, asyncio.Queue[tuple[ClientTx, Response | None]]] = {}
+        self._mine: dict[ClientTx, Mailbox] = {}
+        # INVITE tx -> what takes its provisional responses without waking the call's task
+        self._provisional_to: dict[ClientTx, Callable[[Response], None]] = {}
         self._acks: dict[ClientTx, Request] = {}  # INVITE tx -> its ACK, for 2xx re-sends
         self.registered_at: float | None = None
         self._answering: set[asyncio.Task[None]] = set()
@@ -219,13 +220,12 @@ class LoadUe(Ue):
 
     async def transact(self, request: Request, timeout: float) -> Response | None:
         """Send a non-INVITE request; its final response, or None (no answer in time)."""
-        queue: asyncio.Queue[tuple[ClientTx, Response | None]] = asyncio.Queue()
+        queue = Mailbox()
         tx = self.send_tracked(request, queue)
         deadline = time.monotonic() + timeout
         try:
             while True:
-                _, response = await asyncio.wait_for(queue.get(),
-                                                     max(0.0, deadline - time.monotonic()))
+                _, response = await queue.get(deadline - time.monotonic())
                 if response is None or response.status >= 200:
                     return response
         except TimeoutError:
@@ -243,9 +243,7 @@ class LoadUe(Ue):
         return None if response.status == 200 else f"status_{response.status}"
 
     # -- requests we send in calls -------------------------------------------------------------
-    def send_tracked(
-        self, request: Request, queue: asyncio.Queue[tuple[ClientTx, Response | None]]
-    ) -> ClientTx:
+    def send_tracked(self, request: Request, queue: Mailbox) -> ClientTx:
         """Start a client transaction whose responses (and timeout, as None) go to `queue`."""
         tx = self.endpoint.send_request(request, Source("UDP", self.proxy, self.local))
         self._mine[tx] = queue
@@ -255,6 +253,7 @@ class LoadUe(Ue):
         for tx in txs:
             self._mine.pop(tx, None)
             self._acks.pop(tx, None)
+            self._provisional_to.pop(tx, None)
 
     def send_ack(self, invite_tx: ClientTx, ack: Request) -> None:
         self._acks[invite_tx] = ack
@@ -268,6 +267,11 @@ class LoadUe(Ue):
                 # a 2xx re-sent (our ACK was lost or late): ACK it again (RFC 3261 13.2.2.4)
                 self.endpoint.send_stateless(ack, Source("UDP", self.proxy, self.local))
                 return
+            if response.status < 200:
+                take = self._provisional_to.get(tx)
+                if take is not None:
+                    take(response)
+                    return
             self._mine[tx].put_nowait((tx, response))
             return
         super().on_response(response, tx, source)
@@ -391,25 +395,27 @@ class OutgoingCall:
     """One call placed by a LoadUe: `setup()` until the outcome of the INVITE, then (when
     answered) `wait(hold)` and `hang_up()`."""
 
-    def __init__(self, ue: LoadUe, record: CallRecord, *, media: bool) -> None:
+    def __init__(self, ue: LoadUe, record: CallRecord, *, media: bool,
+                 target: str | None = None) -> None:
         self.ue = ue
         self.record = record
         self.media = media
         self.rtp: RtpStream | None = None
-        self.target = f"sip:{record.callee}@{ue.domain}"
+        self.target = target or f"sip:{record.callee}@{ue.domain}"  # the Request-URI
         self.tag = f"o{next(_tags)}"
         self.invite_tx: ClientTx | None = None
         self.invite: Request | None = None
         self.remote_tag = ""
         self.remote_target = ""
         self.route: list[str] = []
-        self._dropped = asyncio.Event()
+        self._talking: asyncio.Future[None] | None = None  # wait(): ends early on a drop
 
     def dropped_by_network(self, now: float) -> None:
         if not self.record.dropped and self.record.established is not None:
             self.record.dropped = True
             self.record.event("BYE from network", now)
-            self._dropped.set()
+            if self._talking is not None and not self._talking.done():
+                self._talking.set_result(None)
 
     async def setup(self, timeout: float, cancel_after: float | None = None,
                     rtp_seconds: float = 60.0) -> None:
@@ -424,11 +430,13 @@ class OutgoingCall:
         invite = ue._request("INVITE", self.target, to=f"<{self.target}>", call_id=rec.call_id,
                              cseq=1, from_tag=self.tag, body=body)
         self.invite = invite
-        queue: asyncio.Queue[tuple[ClientTx, Response | None]] = asyncio.Queue()
+        queue = Mailbox()
         ue.originating[rec.call_id] = self
         rec.started = time.monotonic()
         rec.event("INVITE", rec.started)
         tx = self.invite_tx = ue.send_tracked(invite, queue)
+        if cancel_after is None:  # nothing to do on a 1xx but note it: the task sleeps on
+            ue._provisional_to[tx] = self._provisional
         deadline = rec.started + timeout
         cancel_at: float | None = None
         cancel_tx: ClientTx | None = None
@@ -438,7 +446,7 @@ class OutgoingCall:
                 now = time.monotonic()
                 wake = deadline if cancel_at is None or cancel_tx else min(deadline, cancel_at)
                 try:
-                    got_tx, response = await asyncio.wait_for(queue.get(), max(0.0, wake - now))
+                    got_tx, response = await queue.get(wake - now)
                 except TimeoutError:
                     now = time.monotonic()
                     # (the loop's timers may wake a millisecond early)
@@ -462,12 +470,7 @@ class OutgoingCall:
                     break
                 status = response.status
                 if status < 200:
-                    rec.event(str(status), now)
-                    ms = (now - rec.started) * 1000
-                    if status == 100 and rec.trying_ms is None:
-                        rec.trying_ms = ms
-                    elif status == 180 and rec.ringing_ms is None:
-                        rec.ringing_ms = ms
+                    self._provisional(response, now)
                     if status > 100 and cancel_after is not None and cancel_at is None:
                         cancel_at = now + cancel_after
                     continue
@@ -509,8 +512,19 @@ class OutgoingCall:
             except (ValueError, IndexError):
                 rec.cause = rec.cause or "bad_sdp"
 
+    def _provisional(self, response: Response, now: float | None = None) -> None:
+        rec = self.record
+        now = time.monotonic() if now is None else now
+        status = response.status
+        rec.event(str(status), now)
+        ms = (now - rec.started) * 1000
+        if status == 100 and rec.trying_ms is None:
+            rec.trying_ms = ms
+        elif status == 180 and rec.ringing_ms is None:
+            rec.ringing_ms = ms
+
     def _cancel(
-        self, queue: asyncio.Queue[tuple[ClientTx, Response | None]], now: float
+        self, queue: Mailbox, now: float
     ) -> ClientTx:
         """CANCEL the INVITE (RFC 3261 9.1): its Request-URI, top Via, Route, From, To,
         Call-ID and CSeq number."""
@@ -534,8 +548,16 @@ class OutgoingCall:
 
     async def wait(self, hold: float) -> None:
         """Talk for `hold` seconds (less if the network hangs up)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dropped.wait(), hold)
+        if self.record.dropped:
+            return
+        loop = asyncio.get_running_loop()
+        talking = self._talking = loop.create_future()
+        timer = loop.call_later(hold, _resolve, talking)
+        try:
+            await talking
+        finally:
+            timer.cancel()
+            self._talking = None
 
     async def hang_up(self) -> None:
         """BYE (unless the network ended the call); RTP counts go into the record."""
@@ -569,6 +591,45 @@ class OutgoingCall:
         if self.invite_tx is not None:
             self.ue.forget(self.invite_tx)
         self.ue.originating.pop(self.record.call_id, None)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Mailbox:
+    """What one exchange's transactions report to the task driving it, in order: (transaction,
+    response), or (transaction, None) when it timed out. A deque and one waiter with one timer:
+    what `wait_for(asyncio.Queue().get(), timeout)` does, for a fraction of its cost (a queue
+    with its Event, a task per get or a timeout scope), as this runs for every response of
+    every call."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[ClientTx, Response | None]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[ClientTx, Response | None]) -> None:
+        self._items.append(item)
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    async def get(self, timeout: float) -> tuple[ClientTx, Response | None]:
+        """The next item within `timeout` seconds, else TimeoutError."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(0.0, timeout), _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._items:
+                raise TimeoutError
+        return self._items.popleft()
 
 
 def call_id() -> str:

@@ -42,6 +42,7 @@ examples:
   loadgen soak --rate 5 --duration 3600 --expires 600 --csv soak.csv
   loadgen call-setup --rate 100 --duration 60 --kube --kube-context private --kube-context
       public --kube-workers 4 --namespace volte --report k8s.json     (README: on Kubernetes)
+  loadgen call-setup --callee sip:service@127.0.0.1:5070 --calls 200 --rate 20 --no-media
 
 Without --target, the sbc (and domain, state address) of the `volte up` stack in --run-dir.
 """
@@ -87,6 +88,27 @@ def _sctp_address(text: str) -> Address:
         return parse_address(text, default_port=DEFAULT_ENB_SCTP_PORT)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _callee(text: str) -> str:
+    from services.sip.errors import ParseError
+    from services.sip.uri import parse_uri
+
+    try:
+        uri = parse_uri(text.strip())
+    except ParseError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+    if not uri.is_sip or not uri.host:
+        raise argparse.ArgumentTypeError(f"{text}: a sip: URI with a host")
+    return str(uri)
+
+
+def callee_address(callee: str) -> Address:
+    """Where INVITEs to a --callee URI go without --target: its host and port (5060)."""
+    from services.sip.uri import parse_uri
+
+    uri = parse_uri(callee)
+    return uri.host.strip("[]"), uri.port or 5060
 
 
 def _mix(text: str) -> Mix:
@@ -183,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the `volte up` run directory (stack.json): defaults for --target, "
                         "--domain, --state; the sbc worker pids for failover")
     g.add_argument("--bind", default="127.0.0.1", help="the UEs' own address")
+    g.add_argument("--callee", type=_callee, metavar="SIP-URI",
+                   help="call scenarios: call this far end (a SIPp UAS, a media server) instead "
+                        "of each other: no registration, every UE a caller, each INVITE to this "
+                        "Request-URI, sent to its host:port (or to --target when given)")
     g = p.add_argument_group("subscribers")
     g.add_argument("--subscribers", type=_positive_int, default=100,
                    help="how many UEs (call scenarios pair them: caller, callee)")
@@ -322,6 +348,8 @@ def bearer_config(args: argparse.Namespace) -> BearerConfig | None:
 def config_from_args(args: argparse.Namespace) -> tuple[LoadConfig, str]:
     sip, domain, state = _stack_defaults(args.run_dir)
     targets = tuple(args.target) if args.target else ((sip,) if sip else (("127.0.0.1", 5060),))
+    if args.callee and not args.target:
+        targets = (callee_address(args.callee),)
     config = LoadConfig(
         scenario=args.scenario, targets=targets,
         domain=args.domain or domain or "ims.local",
@@ -333,7 +361,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[LoadConfig, str]:
         ring=args.ring, expires=args.expires,
         reregister=args.reregister, register_rate=args.register_rate, bind=args.bind,
         clear_bindings=args.clear_bindings, unregister=args.unregister,
-        bearers=bearer_config(args), run_dir=args.run_dir, event_at=args.event_at,
+        bearers=bearer_config(args), callee=args.callee or "", run_dir=args.run_dir,
+        event_at=args.event_at,
         kill_signal=args.kill_signal,
         steps=args.steps if args.scenario == "scale-out" else (),
         step_duration=args.step_duration, window=args.window,
@@ -361,10 +390,17 @@ def _check_bearers(args: argparse.Namespace, config: LoadConfig,
 
 
 def _check(config: LoadConfig, parser: argparse.ArgumentParser) -> None:
-    if config.is_call_scenario and config.pairs < 1:
+    if config.callee:
+        if config.scenario in ("register", "failover"):
+            parser.error(f"--callee: a far end to call; {config.scenario} needs the sbc")
+        if config.mix != Mix():
+            parser.error("--callee: the far end decides how it answers; leave out --mix")
+        if config.bearers:
+            parser.error("--callee: no bearers to check without the sbc; leave out --bearers")
+    elif config.is_call_scenario and config.pairs < 1:
         parser.error("call scenarios need --subscribers 2 or more (callers and callees)")
     if config.workers > 1:
-        unit = config.subscribers if config.scenario == "register" else config.pairs
+        unit = config.subscribers if config.solo else config.pairs
         if unit < config.workers:
             parser.error(f"--workers {config.workers}: not enough subscribers to share")
     if config.scenario == "scale-out" and (config.calls or config.duration):
@@ -474,7 +510,8 @@ def run_local(config: LoadConfig, state: str, args: argparse.Namespace,
         event = kill
     sbc_workers = stack_sbc_workers(config.run_dir) if config.scenario == "scale-out" else None
     target = ", ".join(f"{h}:{p}" for h, p in config.targets)
-    console.print(f"loadgen {config.scenario}: {config.subscribers} UEs via {target}, "
+    calling = f" calling {config.callee}" if config.callee else ""
+    console.print(f"loadgen {config.scenario}: {config.subscribers} UEs{calling} via {target}, "
                   f"domain {config.domain}, {config.workers} worker(s)", highlight=False)
     display: Display = _display(args.progress, console)
     scaling: ScaleOnSaturation | None = None

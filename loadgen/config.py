@@ -123,6 +123,8 @@ class LoadConfig:
     clear_bindings: bool = True  # REGISTER Contact: * Expires 0 before the load
     unregister: bool = True  # remove our bindings after it
     bearers: BearerConfig | None = None  # --bearers: simulated eNBs, bearer checks
+    # a far end to call instead of each other (a SIP URI): no registration, every UE a caller
+    callee: str = ""
     # failover
     run_dir: str = ""
     event_at: float | None = None
@@ -147,6 +149,16 @@ class LoadConfig:
     @property
     def is_call_scenario(self) -> bool:
         return self.scenario != "register"
+
+    @property
+    def far_end(self) -> bool:
+        """The UEs call `callee` (not each other) and do not register."""
+        return bool(self.callee) and self.is_call_scenario
+
+    @property
+    def solo(self) -> bool:
+        """UEs are shared out one by one (register, far end), not as caller/callee pairs."""
+        return self.scenario == "register" or self.far_end
 
     @property
     def load_duration(self) -> float | None:
@@ -214,12 +226,13 @@ class LoadConfig:
     # -- shares -------------------------------------------------------------------------------
     def share(self, index: int, count: int) -> LoadConfig:
         """Worker `index` of `count`: its slice of the subscribers (whole pairs; for
-        `register` whole subscribers) and its part of the rate, calls and concurrency."""
+        `register` and a far end, whole subscribers) and its part of the rate, calls and
+        concurrency."""
         if count == 1:
             return self
-        unit = self.subscribers if self.scenario == "register" else self.pairs
+        unit = self.subscribers if self.solo else self.pairs
         first, last = _slice(unit, index, count)
-        per = 1 if self.scenario == "register" else 2
+        per = 1 if self.solo else 2
         calls = None
         if self.calls is not None:
             c0, c1 = _slice(self.calls, index, count)

@@ -165,7 +165,7 @@ VALUE_FLAGS = (
     ("hold", "--hold"), ("calls", "--calls"), ("duration", "--duration"), ("mix", "--mix"),
     ("ring", "--ring"), ("cancel_after", "--cancel-after"),
     ("setup_timeout", "--setup-timeout"), ("seed", "--seed"), ("event_at", "--event-at"),
-    ("kill_signal", "--kill-signal"), ("steps", "--steps"),
+    ("kill_signal", "--kill-signal"), ("steps", "--steps"), ("callee", "--callee"),
     ("step_duration", "--step-duration"), ("window", "--window"),
 )
 BOOLEAN_FLAGS = (("media", "media"), ("clear_bindings", "clear-bindings"),
@@ -190,7 +190,7 @@ def agent_args(config: LoadConfig, target: Address, shard: tuple[int, int], star
     args = [config.scenario]
     for name, flag in VALUE_FLAGS:
         value = getattr(config, name)
-        if value is not None and value != ():
+        if value not in (None, (), ""):
             args.append(f"{flag}={_flag_value(value)}")
     for name, flag in BOOLEAN_FLAGS:
         args.append(f"--{flag}" if getattr(config, name) else f"--no-{flag}")

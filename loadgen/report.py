@@ -125,6 +125,7 @@ def build_report(
             "workers": r.workers,
             "ues": r.ues,
             "scheduler_lag_ms": r.lag.summary(),
+            "cpu_seconds": round(r.cpu_seconds, 3),
         },
         "events": outcome.events,
         "failover": _failover(config, r, outcome) if config.scenario == "failover" else None,

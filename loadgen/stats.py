@@ -192,6 +192,7 @@ class Results:
     lag: Histogram = field(default_factory=Histogram)  # how late the scheduler woke, ms
     failover: FailoverTally = field(default_factory=FailoverTally)
     load_seconds: float = 0.0  # how long calls were offered
+    cpu_seconds: float = 0.0  # the workers' CPU time (user + system) from the start to the drain
     ues: int = 0
     workers: int = 1
 
@@ -228,6 +229,7 @@ class Results:
         self.failover.merge(other.failover)
         self.lag.merge(other.lag)
         self.load_seconds = max(self.load_seconds, other.load_seconds)
+        self.cpu_seconds += other.cpu_seconds
 
 
 def merge_all(parts: list[Results]) -> Results:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from loadgen.rtp import RtpStream
 from services.sip.digest import Challenge, answer
 from services.sip.endpoint import SipEndpoint
-from services.sip.headers import Headers
+from services.sip.headers import HeaderField, Headers, canonical_name
 from services.sip.message import Request, Response, make_response
 from services.sip.sdp import Direction, parse_sdp, streams
 from services.sip.transaction import ClientTx, ServerTx, new_branch
@@ -166,21 +166,22 @@ class Ue:
         extra: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> Request:
-        headers = Headers.of(
-            [
-                ("Via", f"SIP/2.0/UDP {self.local[0]}:{self.local[1]};rport;branch={new_branch()}"),
-                ("Max-Forwards", "70"),
-                ("From", f"<{self.aor}>;tag={from_tag}"),
-                ("To", to),
-                ("Call-ID", call_id),
-                ("CSeq", f"{cseq} {method}"),
-                ("Contact", f"<sip:{self.number}@{self.local[0]}:{self.local[1]}>"),
-                *(extra or []),
-            ]
-        )
-        request = Request(method, uri, headers)
-        request.set_body(body, "application/sdp" if body else None)
-        return request
+        # The fields built with their keys as they are (a load run builds a few per call).
+        host, port = self.local
+        fields = [
+            HeaderField("via", "Via", f"SIP/2.0/UDP {host}:{port};rport;branch={new_branch()}"),
+            HeaderField("max-forwards", "Max-Forwards", "70"),
+            HeaderField("from", "From", f"<{self.aor}>;tag={from_tag}"),
+            HeaderField("to", "To", to),
+            HeaderField("call-id", "Call-ID", call_id),
+            HeaderField("cseq", "CSeq", f"{cseq} {method}"),
+            HeaderField("contact", "Contact", f"<sip:{self.number}@{host}:{port}>"),
+            *(HeaderField(canonical_name(n), n, v) for n, v in extra or ()),
+        ]
+        if body:
+            fields.append(HeaderField("content-type", "Content-Type", "application/sdp"))
+        fields.append(HeaderField("content-length", "Content-Length", str(len(body))))
+        return Request(method, uri, Headers(fields), body)
 
     async def _send(self, request: Request, timeout: float = 32.0) -> Response:
         loop = asyncio.get_running_loop()

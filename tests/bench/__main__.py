@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from tests.bench import enb_bearers, sbc_vs_kamailio, sip_parser, uas_vs_sipp
+from tests.bench import (
+    enb_bearers,
+    loadgen_vs_sipp,
+    sbc_vs_kamailio,
+    sip_parser,
+    uas_vs_sipp,
+)
 
 
 def main() -> int:
     failures = 0
-    for bench in (sip_parser, uas_vs_sipp, sbc_vs_kamailio, enb_bearers):
+    for bench in (sip_parser, uas_vs_sipp, sbc_vs_kamailio, loadgen_vs_sipp, enb_bearers):
         failures += bench.main() != 0
     return 1 if failures else 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import itertools
 import json
@@ -11,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from loadgen.agent import CallRecord, LoadUe
+from loadgen.agent import CallRecord, LoadUe, OutgoingCall
 from loadgen.bearers import BearerConfig, SimulatedBearers
 from loadgen.config import CallKind, LoadConfig, Mix, parse_address
 from loadgen.engine import Outcome, Worker
@@ -334,6 +335,11 @@ def test_a_step_is_saturated_by_failures_or_a_shortfall() -> None:
         ["scale-out", "--steps", "10,-1"],
         ["failover", "--duration", "5", "--event-at", "9"],
         ["register", "--subscribers", "3", "--workers", "4"],
+        ["call-setup", "--callee", "service@127.0.0.1"],  # not a URI
+        ["call-setup", "--callee", "tel:+4930123"],  # not a sip: URI
+        ["call-setup", "--callee", "sip:far@127.0.0.1", "--mix", "busy=0.1"],
+        ["call-setup", "--callee", "sip:far@127.0.0.1", "--bearers"],
+        ["register", "--callee", "sip:far@127.0.0.1"],
         ["bogus"],
     ],
 )
@@ -363,3 +369,48 @@ def test_defaults_come_from_the_stack_in_the_run_dir(tmp_path) -> None:
     config, state = config_from_args(args)
     assert config.targets == (("10.0.0.1", 5060), ("10.0.0.2", 5060))
     assert (config.domain, state) == ("ims.local", "127.0.0.1:50051")
+
+
+def test_a_far_end_is_called_at_its_uri_unless_a_target_is_given(tmp_path) -> None:
+    from loadgen.cli import build_parser, config_from_args
+
+    (tmp_path / "stack.json").write_text(json.dumps({
+        "config": {"sip_host": "127.0.0.2", "sip_port": 5070, "run_dir": str(tmp_path)},
+        "procs": [],
+    }))
+    parse = build_parser().parse_args
+    config, _ = config_from_args(parse(["call-setup", "--run-dir", str(tmp_path), "--callee",
+                                        "sip:service@10.0.0.9:5080;transport=udp"]))
+    assert config.targets == (("10.0.0.9", 5080),)  # not the stack's sbc
+    assert config.callee == "sip:service@10.0.0.9:5080;transport=udp" and config.far_end
+    config, _ = config_from_args(parse(["call-setup", "--callee", "sip:[::1]", "--run-dir",
+                                        str(tmp_path)]))
+    assert config.targets == (("::1", 5060),)
+    config, _ = config_from_args(parse(["call-setup", "--callee", "sip:svc@far.example",
+                                        "--target", "10.0.0.1:5062"]))
+    assert config.targets == (("10.0.0.1", 5062),)  # an outbound proxy
+
+
+def test_far_end_shares_split_single_ues() -> None:
+    c = LoadConfig("call-setup", callee="sip:far@127.0.0.1", subscribers=5, start=100,
+                   workers=2)
+    assert c.far_end and c.solo and not LoadConfig("call-setup").solo
+    shares = [c.share(i, 2) for i in range(2)]
+    assert [(s.start, s.subscribers) for s in shares] == [(100, 3), (103, 2)]
+
+
+async def test_a_hang_up_by_the_network_ends_the_talk_at_once() -> None:
+    ue = LoadUe("100", "pw", domain="ims.local", proxies=[("127.0.0.1", 9)],
+                retransmissions=Counter())
+    record = CallRecord(CallKind.NORMAL, "100", "101", "cid-drop")
+    call = OutgoingCall(ue, record, media=False)
+    record.started = record.established = time.monotonic()
+    talk = asyncio.ensure_future(call.wait(30.0))
+    await asyncio.sleep(0.05)
+    assert not talk.done()
+    call.dropped_by_network(time.monotonic())
+    await asyncio.wait_for(talk, 1.0)  # not the 30 s hold
+    assert record.dropped
+    started = time.monotonic()
+    await call.wait(30.0)  # dropped already: no wait at all
+    assert time.monotonic() - started < 0.5
