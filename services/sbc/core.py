@@ -787,6 +787,7 @@ class Sbc:
     async def _dialog_ended(self, bye: Request, media: str = "") -> None:
         self.metrics.active_calls.add(-1)
         self.calls.pop(f"call:{bye.call_id}", None)
+        known = self.call_bearers.get(bye.call_id, [])
         await self._release_bearers(bye.call_id)
         if media:
             await self._release_media(media)
@@ -794,9 +795,12 @@ class Sbc:
             call_id=bye.call_id, from_tag=bye.from_.tag or "", to_tag=bye.to.tag or ""
         )
         try:
-            await self.state.delete_dialog(state_pb2.DeleteDialogRequest(id=dialog_id))
+            reply = await self.state.delete_dialog(state_pb2.DeleteDialogRequest(id=dialog_id))
         except (StateUnavailable, StateError, LookupError) as exc:
             log.info("dialog not deleted", extra={"error": str(exc), "call_id": bye.call_id})
+            return
+        # Bearers another worker (or a worker since restarted) set up: the dialog names them.
+        await self._release_bearer_ids(b for b in reply.bearer_ids if b not in known)
 
     async def _relay_anchored(self, ctx: ProxyContext, response: Response, tx: ClientTx) -> None:
         """An early answer (183 with SDP): anchored like the final one, then relayed."""

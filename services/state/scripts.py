@@ -122,7 +122,7 @@ return 1
 
 # KEYS: dialogs hash, its timer set. ARGV: now, grace, candidate fields in order
 # (rules.dialog_candidates). DeleteDialog with both tags in one round trip: deletes the first
-# candidate holding an unexpired dialog and returns 1; 0 when there is none.
+# candidate holding an unexpired dialog and returns it (framed); 0 when there is none.
 DELETE_DIALOG = (
     _COMMON
     + """
@@ -133,7 +133,7 @@ for i = 3, #ARGV do
   if old and deadline(old) > now then
     redis.call('HDEL', key, ARGV[i])
     settle(key, timers, now, grace)
-    return 1
+    return old
   end
 end
 return 0

@@ -254,7 +254,8 @@ class StateServicer(state_pb2_grpc.StateStoreServicer):
     ) -> state_pb2.DeleteDialogResponse:
         async def work() -> state_pb2.DeleteDialogResponse:
             deleted = await self.store.delete_dialog(request.id)
-            return state_pb2.DeleteDialogResponse(deleted=deleted)
+            return state_pb2.DeleteDialogResponse(
+                deleted=bool(deleted), bearer_ids=[b for d in deleted for b in d.bearer_ids])
 
         return await self._call("DeleteDialog", context, work)
 

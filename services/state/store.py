@@ -424,27 +424,30 @@ class RedisStore:
         field = rules.select_dialog(stored, dialog_id.from_tag, dialog_id.to_tag)
         return stored[field] if field else None
 
-    async def delete_dialog(self, dialog_id: common_pb2.DialogId) -> bool:
-        """Deletes the dialog (found as by get_dialog). Without to_tag: every dialog of the
-        caller's tag not yet confirmed (all forks of a cancelled or failed call); a confirmed
-        one is deleted by its full id only, so a 200 OK that crossed a CANCEL keeps its call."""
+    async def delete_dialog(self, dialog_id: common_pb2.DialogId) -> list[state_pb2.Dialog]:
+        """Deletes the dialog (found as by get_dialog) and returns what was deleted. Without
+        to_tag: every dialog of the caller's tag not yet confirmed (all forks of a cancelled or
+        failed call); a confirmed one is deleted by its full id only, so a 200 OK that crossed
+        a CANCEL keeps its call."""
         rules.check_dialog_id(dialog_id)
         now = self.now_ms()
         key = keys.dialogs(dialog_id.call_id)
         if dialog_id.to_tag:  # select_dialog's choice, made by the script: one round trip
             candidates = rules.dialog_candidates(dialog_id.from_tag, dialog_id.to_tag)
-            found: int = await self._delete_dialog(
+            found: bytes | int = await self._delete_dialog(
                 keys=[key, keys.timers_for(key)], args=[now, GRACE_MS, *candidates]
             )
-            return found > 0
+            if isinstance(found, int):
+                return []
+            return [state_pb2.Dialog.FromString(keys.unframe(_bytes(found)).payload)]
         stored = await self._dialogs(key, now)
         fields = rules.unconfirmed_forks(stored, dialog_id.from_tag)
         if not fields:
-            return False
+            return []
         deleted: int = await self._delete_records(
             keys=[key, keys.timers_for(key)], args=[now, GRACE_MS, *fields]
         )
-        return deleted > 0
+        return [stored[f] for f in fields] if deleted > 0 else []
 
     async def _dialogs(self, key: str, now_ms: int) -> dict[str, state_pb2.Dialog]:
         stored = await self.redis.hgetall(key)

@@ -17,7 +17,9 @@ An eNodeB that answers too late counts as a failure too; a callee that retransmi
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,7 @@ from loadgen.ue import Ue
 from services.enb.sctp import SctpConfig, open_transport
 from services.enb.shell import SimulatedEnbs
 from services.enb.simulator import BearerDown, BearerRejected, BearerUp, SimulatorConfig
-from services.stack import Stack, StackConfig, free_port
+from services.stack import Stack, StackConfig, children, free_port, grpc_serving
 from services.state import keys
 from services.subscribers import Provisioner
 from tests.interop.test_sbc_calls import PASSWORD as SIPP_PASSWORD
@@ -76,6 +78,7 @@ def running_stack(run_dir: Path, bearer_policy: str = "best-effort") -> Iterator
     provisioner = Provisioner(config.state_grpc)
     provisioner.provision(11, FIRST, "ims.local", "pw")
     provisioner.provision(1, FIRST + 11, "ims.local", SIPP_PASSWORD)  # a SIPp UE's
+    provisioner.provision(2, FIRST + 12, "ims.local", "pw")
     provisioner.close()
     yield stack
     stack.stop()
@@ -178,6 +181,32 @@ async def test_both_ues_hold_qci1_bearers_during_the_call_and_none_after(stack: 
         assert result.status == 200 and result.ended
         await asyncio.sleep(0.5)  # the release follows the BYE's 200
         assert (await qci1_bearers(stack)) == {imsi(FIRST): 0, imsi(FIRST + 1): 0}
+    finally:
+        await caller.close()
+        await callee.close()
+        await sims.close()
+
+
+async def test_a_worker_that_did_not_set_the_bearers_up_releases_them(stack: Stack) -> None:
+    """The worker that set the call's bearers up dies (kill -9) mid-call: the BYE goes through
+    its successor, which knows the bearers only from the dialog in state, and releases them."""
+    sims, caller, callee = await setting(stack, FIRST + 12)
+    try:
+        call = asyncio.ensure_future(caller.call(callee.number, hold=4.0))
+        await asyncio.sleep(1.2)
+        assert await bearers_of(stack, FIRST + 12, FIRST + 13) == (1, 1)
+        supervisor = next(p.pid for p in stack.procs if p.service == "sbc")
+        (worker,) = children(supervisor)
+        os.kill(worker, signal.SIGKILL)
+        for _ in range(100):  # the supervisor starts another
+            if children(supervisor) not in ([], [worker]) and \
+                    grpc_serving(stack.config.sbc_grpc, timeout=0.5):
+                break
+            await asyncio.sleep(0.1)
+        result = await call
+        assert result.status == 200 and result.ended
+        await asyncio.sleep(0.5)  # the release follows the BYE's 200
+        assert await bearers_of(stack, FIRST + 12, FIRST + 13) == (0, 0)
     finally:
         await caller.close()
         await callee.close()
