@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,20 @@ from services.sip.transport import Address, Source, response_destination
 from services.sip.uri import URI, parse_uri
 from volte.v1 import bearer_pb2, common_pb2, media_pb2, state_pb2
 
-WORKER_PARAM = "vw"  # our Via parameter naming the worker that awaits the answer
+# How long a relayed 2xx's anchored SDP is kept for the callee's retransmissions of it: Timer L
+# (64 x T1), as long as RFC 6026 has a proxy forward them.
+ANSWER_MEMORY_SECONDS = 32.0
+WORKER_PARAM = "vw"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A 2xx to an INVITE as we relayed it (see Sbc.answers)."""
+
+    until: float
+    vias: list[str]
+    body: bytes
+  # our Via parameter naming the worker that awaits the answer
 log = logging.getLogger("volte.sbc")
 tracer = trace.get_tracer("volte.sbc")
 meter = metrics.get_meter("volte.sbc")
@@ -154,6 +168,12 @@ class Sbc:
         # IMSI -> call-ids, to end the calls of UEs whose eNB went away
         self.calls_by_imsi: dict[str, set[str]] = {}
         self.calls: dict[str, CallInfo] = {}  # by media session id
+        # (call-id, CSeq number, To tag) -> what a 2xx to an INVITE was relayed with: until
+        # when to keep it, the caller's Via stack, the (anchored) body; oldest first. The
+        # callee retransmits its 2xx until the ACK comes, also after we let the transaction
+        # go: each copy goes to the caller as the first did (RFC 6026), with our SDP, not the
+        # callee's real media address, and the Vias topology hiding took off its request.
+        self.answers: OrderedDict[tuple[str, int, str], Answer] = OrderedDict()
         # INVITE client transactions whose 2xx we refused (bearer policy): the ACK to send
         # again for each retransmission of that 2xx, for as long as the transaction lives.
         self.refused: weakref.WeakKeyDictionary[ClientTx, tuple[Request, Source]] = (
@@ -755,6 +775,8 @@ class Sbc:
         if ctx.final_sent and not allow_repeat:
             return
         ctx.final_sent = True
+        if ctx.request.method == "INVITE" and 200 <= response.status < 300:
+            self._remember_answer(ctx, response)
         self.endpoint.respond(ctx.server_tx, response)
         self.metrics.responses.add(1, {"class": f"{response.status // 100}xx"})
         self.metrics.setup_latency.record(
@@ -778,6 +800,22 @@ class Sbc:
         quoted = text.replace("\\", "\\\\").replace('"', '\\"')
         host = self.config.advertised
         return f'399 {f"[{host}]" if ":" in host else host} "{quoted}"'
+
+    def _remember_answer(self, ctx: ProxyContext, response: Response) -> None:
+        now = time.monotonic()
+        while self.answers and next(iter(self.answers.values())).until < now:
+            self.answers.popitem(last=False)
+        key = (response.call_id, response.cseq.seq, response.to.tag or "")
+        self.answers[key] = Answer(now + ANSWER_MEMORY_SECONDS,
+                                   ctx.request.headers.get_all("via"), response.body)
+        self.answers.move_to_end(key)
+
+    def _relayed_answer(self, response: Response) -> Answer | None:
+        """What we relayed a 2xx to an INVITE with, if this is a copy of it."""
+        if response.status // 100 != 2 or response.cseq.method != "INVITE":
+            return None
+        answer = self.answers.get((response.call_id, response.cseq.seq, response.to.tag or ""))
+        return answer if answer is not None and answer.until >= time.monotonic() else None
 
     def _forget(self, ctx: ProxyContext) -> None:
         self.by_server.pop(ctx.server_tx, None)
@@ -1019,7 +1057,14 @@ class Sbc:
                 self.endpoint.transport.send_udp(
                     response.to_bytes(), (self.config.sip_listen, owner), self._via_local)
                 return
-            response.headers.pop_first_value("via")
+            answer = self._relayed_answer(response)
+            if answer is not None:  # the callee's 2xx again: to the caller as the first went
+                response.headers.remove("via")
+                for value in answer.vias:
+                    response.headers.add("Via", value)
+                response.set_body(answer.body)
+            else:
+                response.headers.pop_first_value("via")
             via = response.top_via
         except ParseError:
             return

@@ -9,13 +9,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from loadgen.ue import Ue
+from loadgen.ue import Ue, sdp_destination
+from services.sip.message import Response
+from services.sip.transaction import ClientTx
+from services.sip.transport import Source
 from services.stack import Stack, StackConfig, free_port
 from services.subscribers import Provisioner
+from tests.interop.test_sbc_calls import PASSWORD as SIPP_PASSWORD
+from tests.interop.test_sbc_calls import Ue as SippUe
+from tests.interop.test_sbc_calls import finish
 from volte.v1 import common_pb2, media_pb2, media_pb2_grpc, state_pb2, state_pb2_grpc
 
 pytestmark = pytest.mark.interop
@@ -40,6 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.start()
     provisioner = Provisioner(config.state_grpc)
     provisioner.provision(10, FIRST, "ims.local", "pw")
+    provisioner.provision(1, FIRST + 10, "ims.local", SIPP_PASSWORD)  # a SIPp UE's
     provisioner.close()
     yield stack
     stack.stop()
@@ -106,3 +114,42 @@ async def test_media_inactivity_ends_the_call_with_bye_on_both_sides(stack: Stac
     assert caller.byes_received == 1
     assert 'text="RTP timeout"' in caller.bye_reasons[0]
     assert 'text="RTP timeout"' in callee.bye_reasons[0]
+
+
+class LateAcker(Ue):
+    """A caller whose ACK is late (1.2 s), so that the callee retransmits its 200 OK after the
+    sbc has relayed the first and let the transaction go; keeps the SDP of every 2xx it gets."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answers: list[bytes] = []
+
+    def _ack(self, dialog: Any, cseq: int) -> None:
+        asyncio.get_running_loop().call_later(1.2, super()._ack, dialog, cseq)
+
+    def on_response(self, response: Response, tx: ClientTx | None, source: Source) -> None:
+        if 200 <= response.status < 300 and response.cseq.method == "INVITE":
+            self.answers.append(response.body)
+        super().on_response(response, tx, source)
+
+
+async def test_a_retransmitted_200_still_names_the_relay(stack: Stack, tmp_path: Path) -> None:
+    proxy = (stack.config.sip_host, stack.config.sip_port)
+    caller = LateAcker(str(FIRST + 9), "pw", domain="ims.local", proxy=proxy)
+    callee = SippUe(stack, FIRST + 10, tmp_path)
+    try:
+        await caller.start()
+        assert (await caller.register()).status == 200
+        await asyncio.to_thread(callee.register)
+        answering = callee.answer()  # 200 OK retransmitted every 0.5 s until the ACK
+        call = await caller.dial(str(FIRST + 10))
+        assert call.result.status == 200
+        await asyncio.sleep(1.5)
+        assert len(caller.answers) >= 2  # the first 200 and at least one retransmission
+        for body in caller.answers:  # each names the relay, never SIPp's own media address
+            host, port = sdp_destination(body)
+            assert host == "127.0.0.1" and PORT_MIN <= port <= PORT_MAX, body
+        await call.hang_up()
+        await asyncio.to_thread(finish, answering, tmp_path)
+    finally:
+        await caller.close()
