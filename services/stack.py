@@ -498,11 +498,15 @@ class Stack:
                 status = "RUNNING"
             out.append({"service": p.service, "pid": p.pid, "status": status,
                         "grpc": p.grpc, "address": p.address, "log": p.log})
-            out.extend(
-                {"service": f"{p.service}-worker", "pid": child, "status": status,
-                 "parent": p.pid, "grpc": "", "address": p.address, "log": p.log}
-                for child in children(p.pid)
-            )
+            for child in children(p.pid):
+                grpc, worker_status = "", status
+                index = worker_index(child)
+                if p.service == "sbc" and index is not None:  # each its own health service
+                    grpc = self.sbc_worker_grpc(index)
+                    worker_status = "SERVING" if grpc_serving(grpc) else "NOT_SERVING"
+                out.append({"service": f"{p.service}-worker", "pid": child,
+                            "status": worker_status, "parent": p.pid, "grpc": grpc,
+                            "address": p.address, "log": p.log})
         return out
 
     def kill(self) -> list[int]:
@@ -577,6 +581,19 @@ def proc_alive(p: Proc) -> bool:
     # redis-server rewrites its title ("redis-server 127.0.0.1:6390") into the first argument.
     words = args[0].split() if not any(args[1:]) else []
     return bool(words and p.argv and Path(words[0]).name == Path(p.argv[0]).name)
+
+
+def worker_index(pid: int) -> int | None:
+    """The VOLTE_WORKER_INDEX a supervisor gave its worker `pid` (None: not one, or unknown)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for entry in environ:
+        if entry.startswith(b"VOLTE_WORKER_INDEX="):
+            value = entry.split(b"=", 1)[1]
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def children(pid: int) -> list[int]:

@@ -282,6 +282,9 @@ def test_scale_sbc_out_and_in_while_it_serves(run_dir: Path) -> None:
     workers = sbc_workers(run_dir)
     assert len(workers) == 3 and first[0] in workers  # the first worker was left alone
     assert udp_listeners(ports.sip) >= set(workers)  # all three share the SIP port
+    rows = [r for r in status_json(run_dir)[1] if r["service"] == "sbc-worker"]
+    assert sorted(str(r["grpc"]) for r in rows) == [f"127.0.0.1:{ports.sbc + i}" for i in range(3)]
+    assert all(r["status"] == "SERVING" for r in rows)  # each asked on its own port
     # Sources spread over the workers by the kernel's hash: every OPTIONS is answered.
     assert all(sip_options(ports.sip).startswith(b"SIP/2.0 200") for _ in range(30))
     assert Stack.load(str(run_dir)).config.sbc_workers == 3  # type: ignore[union-attr]
