@@ -7,7 +7,8 @@ by default: logged and counted).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -21,6 +22,10 @@ QCI_CONVERSATIONAL_VOICE = 1
 # No retry policy is configured, so gRPC's retry machinery (which buffers every call's messages)
 # only costs CPU: about a quarter of a unary call's client side here.
 CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
+# A UE the agent knows at no eNB (NOT_FOUND) is not asked for again this long: a UE attaches
+# before it registers with IMS, so one that is not attached now stays so for a while (SIPp
+# and other test UEs never attach), and every call would otherwise cost the agent an RPC.
+NOT_ATTACHED_SECONDS = 10.0
 
 
 class BearerUnavailable(Exception):
@@ -28,10 +33,13 @@ class BearerUnavailable(Exception):
 
 
 class BearerClient:
-    def __init__(self, target: str, timeout: float) -> None:
+    def __init__(self, target: str, timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = bearer_pb2_grpc.BearerControlStub(self.channel)
         self.timeout = timeout
+        self.clock = clock
+        self.not_attached: dict[str, tuple[float, str]] = {}  # IMSI -> (until, why)
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -45,13 +53,27 @@ class BearerClient:
             codec_bps=CODEC_BPS,
             ptime_ms=PTIME_MS,
         )
+        known = self.not_attached.get(imsi)
+        if known is not None and known[0] > self.clock():
+            raise BearerUnavailable(known[1])
         try:
             reply = await self.stub.SetupBearer(
                 request, timeout=self.timeout, metadata=trace_metadata()
             )
         except grpc.aio.AioRpcError as exc:
-            raise BearerUnavailable(f"{exc.code().name}: {exc.details()}") from None
+            why = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                self._not_attached(imsi, why)
+            raise BearerUnavailable(why) from None
+        self.not_attached.pop(imsi, None)
         return str(reply.bearer.bearer_id)
+
+    def _not_attached(self, imsi: str, why: str) -> None:
+        now = self.clock()
+        if len(self.not_attached) > 10_000:  # bounded: drop what has run out
+            self.not_attached = {k: v for k, v in self.not_attached.items() if v[0] > now}
+        self.not_attached[imsi] = (now + NOT_ATTACHED_SECONDS,
+                                   f"{why} (not asked again for {NOT_ATTACHED_SECONDS:.0f} s)")
 
     async def release(self, bearer_id: str, cause: str = "") -> None:
         try:
