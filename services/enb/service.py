@@ -54,6 +54,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.common.config import option
+from services.common.events import EventHub
 from services.common.health import HealthReporter, add_health
 from services.common.telemetry import setup_telemetry
 from services.enb.procedures import (
@@ -113,7 +114,6 @@ tracer = trace.get_tracer("volte.enb")
 T = TypeVar("T")
 SERVICE_NAME = bearer_pb2.DESCRIPTOR.services_by_name["BearerControl"].full_name
 DRAIN_GRACE = 5.0  # seconds: bearer requests under way may finish
-WATCH_QUEUE = 10_000  # events buffered per WatchEvents stream before it is cut off
 DEFAULT_CODEC_BPS = 23_850  # AMR-WB 23.85 kbit/s
 MAX_FILTERS = 15  # packet filters in one TFT (TS 24.008 10.5.6.12)
 GBR_QCIS = frozenset({1, 2, 3, 4, 65, 66, 67, 71, 72, 73, 74, 75, 76})  # TS 23.203 6.1.7
@@ -318,57 +318,6 @@ def dialog_key(dialog: common_pb2.DialogId) -> Hashable | None:
     return (dialog.call_id, dialog.from_tag, dialog.to_tag)
 
 
-# -- events ------------------------------------------------------------------------------------
-class _Watcher:
-    def __init__(self, imsi: str) -> None:
-        self.imsi = imsi
-        self.queue: asyncio.Queue[bearer_pb2.BearerEvent | None] = asyncio.Queue(WATCH_QUEUE + 1)
-        self.overflowed = False
-
-    def wants(self, event: bearer_pb2.BearerEvent) -> bool:
-        return not self.imsi or event.imsi == self.imsi or self.imsi in event.imsis
-
-    def put(self, event: bearer_pb2.BearerEvent | None) -> None:
-        if self.overflowed:
-            return
-        if event is not None and self.queue.qsize() >= WATCH_QUEUE:
-            self.overflowed = True
-            event = None  # end the stream: the watcher must know it missed events
-        self.queue.put_nowait(event)
-
-
-class EventHub:
-    """Fans BearerEvents out to the WatchEvents streams."""
-
-    def __init__(self) -> None:
-        self._watchers: set[_Watcher] = set()
-        self.closed = False
-
-    @property
-    def watchers(self) -> int:
-        return len(self._watchers)
-
-    def subscribe(self, imsi: str) -> _Watcher:
-        watcher = _Watcher(imsi)
-        self._watchers.add(watcher)
-        if self.closed:
-            watcher.put(None)
-        return watcher
-
-    def unsubscribe(self, watcher: _Watcher) -> None:
-        self._watchers.discard(watcher)
-
-    def publish(self, event: bearer_pb2.BearerEvent) -> None:
-        for watcher in self._watchers:
-            if watcher.wants(event):
-                watcher.put(event)
-
-    def close(self) -> None:
-        self.closed = True
-        for watcher in self._watchers:
-            watcher.put(None)
-
-
 class _RateLimitedLog:
     """At most `burst` lines per `period` seconds, then one line saying how many were left out:
     garbage from a broken eNB at line rate must not flood the log."""
@@ -410,7 +359,7 @@ class EnbAgentServer(SctpHandler):
             config.sctp_transport,  # type: ignore[arg-type]  # checked by _transport
             config.sctp_config(),
         )
-        self.hub = EventHub()
+        self.hub: EventHub[bearer_pb2.BearerEvent] = EventHub()
         self.draining = False
         self.sctp: SctpServer | None = None
         self.grpc_port = 0
@@ -934,17 +883,11 @@ class BearerServicer(bearer_pb2_grpc.BearerControlServicer):
     async def WatchEvents(self, request: bearer_pb2.WatchBearerEventsRequest,
                           context: Any) -> AsyncIterator[bearer_pb2.BearerEvent]:
         self._rpcs.add(1, {"method": "WatchEvents", "code": "OK"})
-        watcher = self.server.hub.subscribe(request.imsi)
+        imsi = request.imsi
+        watcher = self.server.hub.subscribe(
+            lambda e: not imsi or e.imsi == imsi or imsi in e.imsis)
         try:
-            while True:
-                event = await watcher.queue.get()
-                if event is None:
-                    if watcher.overflowed:
-                        await context.abort(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"watcher too slow: more than {WATCH_QUEUE} events queued; "
-                            "events were lost, watch again")
-                    return
+            async for event in watcher.stream(context):
                 yield event
         finally:
             self.server.hub.unsubscribe(watcher)

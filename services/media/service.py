@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from services.common.events import EventHub
 from services.common.health import HealthReporter, add_health
 from services.common.telemetry import setup_telemetry
 from services.media.config import MediaConfig
@@ -49,7 +50,6 @@ T = TypeVar("T")
 SERVICE_NAME = media_pb2.DESCRIPTOR.services_by_name["MediaControl"].full_name
 DRAIN_GRACE = 5.0  # seconds: calls in progress may finish, RPCs complete
 HEALTH_INTERVAL = 2.0
-WATCH_QUEUE = 10_000  # events buffered per WatchEvents stream before it is cut off
 
 _LEGS = {Leg.CALLER: media_pb2.LEG_CALLER, Leg.CALLEE: media_pb2.LEG_CALLEE}
 _KINDS = {
@@ -110,50 +110,6 @@ def stream_from_proto(ms: media_pb2.MediaStream, family: int) -> StreamSdp:
         index=ms.index, media=ms.media or "audio", rtp=rtp, rtcp=rtcp, rtcp_mux=ms.rtcp_mux,
         payload_types=tuple(ms.payload_types), clock_rates=dict(ms.clock_rates),
     )
-
-
-# -- events ----------------------------------------------------------------------------------------
-class _Watcher:
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-        self.queue: asyncio.Queue[media_pb2.MediaEvent | None] = asyncio.Queue(WATCH_QUEUE + 1)
-        self.overflowed = False
-
-    def put(self, event: media_pb2.MediaEvent | None) -> None:
-        if self.overflowed:
-            return
-        if event is not None and self.queue.qsize() >= WATCH_QUEUE:
-            self.overflowed = True
-            event = None  # end the stream: the watcher must know it missed events
-        self.queue.put_nowait(event)
-
-
-class EventHub:
-    """Fans MediaEvents out to the WatchEvents streams."""
-
-    def __init__(self) -> None:
-        self._watchers: set[_Watcher] = set()
-        self.closed = False
-
-    def subscribe(self, session_id: str) -> _Watcher:
-        watcher = _Watcher(session_id)
-        self._watchers.add(watcher)
-        if self.closed:
-            watcher.put(None)
-        return watcher
-
-    def unsubscribe(self, watcher: _Watcher) -> None:
-        self._watchers.discard(watcher)
-
-    def publish(self, event: media_pb2.MediaEvent) -> None:
-        for watcher in self._watchers:
-            if not watcher.session_id or watcher.session_id == event.session_id:
-                watcher.put(event)
-
-    def close(self) -> None:
-        self.closed = True
-        for watcher in self._watchers:
-            watcher.put(None)
 
 
 class _RelayProtocol(asyncio.DatagramProtocol):
@@ -283,21 +239,13 @@ class MediaServicer(media_pb2_grpc.MediaControlServicer):
         if session_id and session_id not in self.relay:
             self._rpcs.add(1, {"method": "WatchEvents", "code": "NOT_FOUND"})
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no media session {session_id}")
-        watcher = self.server.hub.subscribe(session_id)
+        watcher = self.server.hub.subscribe(
+            lambda e: not session_id or e.session_id == session_id)
+        deleted = media_pb2.MediaEvent.KIND_SESSION_DELETED
         try:
-            while True:
-                event = await watcher.queue.get()
-                if event is None:
-                    if watcher.overflowed:
-                        await context.abort(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"watcher too slow: more than {WATCH_QUEUE} events queued; "
-                            "events were lost, watch again",
-                        )
-                    return
+            async for event in watcher.stream(
+                    context, last=lambda e: bool(session_id) and e.kind == deleted):
                 yield event
-                if session_id and event.kind == media_pb2.MediaEvent.KIND_SESSION_DELETED:
-                    return
         finally:
             self.server.hub.unsubscribe(watcher)
 
@@ -326,7 +274,7 @@ class MediaServer:
             ),
             self.fastpath,
         )
-        self.hub = EventHub()
+        self.hub: EventHub[media_pb2.MediaEvent] = EventHub()
         self.draining = False
         self.tick_interval = min(1.0, config.timeout / 4)
         self.health_interval = HEALTH_INTERVAL
