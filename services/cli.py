@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -34,7 +33,14 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 
 from services import __version__
-from services.common.config import MISSING, add_options, option, resolve
+from services.common.config import (
+    MISSING,
+    add_options,
+    option,
+    parse_ip,
+    parse_ip_or_empty,
+    resolve,
+)
 from services.sbc.bearer_policy import BEST_EFFORT, parse_policy
 from services.stack import Stack, StackConfig, StackError, pid_alive, proc_alive
 from services.subscribers import Provisioner, subscriber
@@ -118,15 +124,8 @@ def _redis_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip().strip("[]")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
-def _ip_or_empty(text: str) -> str:
-    return _ip(text) if text.strip() else ""
 
 
 def _fastpath(text: str) -> str:
@@ -174,11 +173,11 @@ class UpOptions:
         "", "host:port of the S-CSCF for other domains (empty: 404)", parse=_host_port_or_empty
     )
     media_bind: str = option(
-        "127.0.0.1", "address the media relay's RTP/RTCP sockets bind to", parse=_ip
+        "127.0.0.1", "address the media relay's RTP/RTCP sockets bind to", parse=parse_ip
     )
     media_advertised: str = option(
         "", "address the sbc writes into SDP for the relay (empty: --media-bind)",
-        parse=_ip_or_empty,
+        parse=parse_ip_or_empty,
     )
     media_port_min: int = option(
         30000, "lowest relay port (RTP on even ports, RTCP on RTP + 1)", parse=_port

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -52,6 +53,25 @@ def parse_bool(text: str) -> bool:
     if value in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(sorted(_TRUE | _FALSE))}")
+
+
+def parse_ip(text: str) -> str:
+    """An IPv4 or IPv6 address (brackets allowed), in its one normal spelling."""
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+def parse_ip_or_empty(text: str) -> str:
+    return parse_ip(text) if text.strip() else ""
+
+
+def parse_positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
 
 
 _PARSERS: dict[object, Callable[[str], Any]] = {

@@ -53,7 +53,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from services.common.config import option
+from services.common.config import option, parse_ip, parse_positive_float
 from services.common.events import EventHub
 from services.common.health import HealthReporter, add_health
 from services.common.telemetry import setup_telemetry
@@ -138,11 +138,6 @@ def _log_level(text: str) -> str:
     return level
 
 
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip().strip("[]")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
 def _port(text: str) -> int:
@@ -152,11 +147,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
-    return value
 
 
 def _streams(text: str) -> int:
@@ -192,7 +182,8 @@ def _plmn_list(text: str) -> str:
 @dataclass(frozen=True, kw_only=True)
 class EnbConfig:
     grpc_listen: str = option("127.0.0.1:50081", "host:port of the BearerControl gRPC API")
-    sctp_listen: str = option("127.0.0.1", "address the S1AP SCTP server listens on", parse=_ip)
+    sctp_listen: str = option("127.0.0.1", "address the S1AP SCTP server listens on",
+                              parse=parse_ip)
     sctp_port: int = option(
         S1AP_PORT, "S1AP SCTP port (the userspace transport's UDP port too; 0: any)", parse=_port
     )
@@ -203,11 +194,12 @@ class EnbConfig:
     sctp_streams: int = option(8, "SCTP streams offered each way: stream 0 for non-UE "
                                "signalling, the others for UEs", parse=_streams)
     sctp_heartbeat: float = option(5.0, "seconds between SCTP heartbeats; a silent eNB is "
-                                   "declared lost after about 8 of them", parse=_positive)
+                                   "declared lost after about 8 of them",
+                                   parse=parse_positive_float)
     plmn: str = option("00101", "PLMN(s) served, MCC+MNC, comma-separated; S1 Setup from an eNB "
                        "broadcasting none of them fails with unknown-PLMN", parse=_plmn_list)
     bearer_timeout: float = option(5.0, "seconds an eNB has to answer E-RAB Setup / Release",
-                                   parse=_positive)
+                                   parse=parse_positive_float)
     mme_name: str = option("volte-enb-agent", "MME name sent in S1 Setup Response")
     metrics_port: int = option(0, "Prometheus /metrics port (0: off)")
     instance_id: str = option(f"{socket.gethostname()}-{os.getpid()}", "name of this instance")

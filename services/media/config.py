@@ -9,7 +9,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from services.common.config import option
+from services.common.config import option, parse_ip, parse_ip_or_empty, parse_positive_float
 from services.media.fastpath import KINDS
 
 
@@ -20,15 +20,8 @@ def _log_level(text: str) -> str:
     return level
 
 
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip().strip("[]")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
-def _ip_or_empty(text: str) -> str:
-    return _ip(text) if text.strip() else ""
 
 
 def _port(text: str) -> int:
@@ -38,11 +31,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -62,17 +50,17 @@ def _fastpath(text: str) -> str:
 @dataclass(frozen=True, kw_only=True)
 class MediaConfig:
     grpc_listen: str = option("127.0.0.1:50071", "host:port of the MediaControl gRPC API")
-    bind: str = option("127.0.0.1", "address the relay's RTP/RTCP sockets bind to", parse=_ip)
+    bind: str = option("127.0.0.1", "address the relay's RTP/RTCP sockets bind to", parse=parse_ip)
     advertised: str = option(
         "",
         "address the sbc writes into SDP (empty: --bind; on Kubernetes the Multus interface's)",
-        parse=_ip_or_empty,
+        parse=parse_ip_or_empty,
     )
     port_min: int = option(30000, "lowest relay port (RTP on even ports, RTCP on RTP + 1)",
                            parse=_port)
     port_max: int = option(39999, "highest relay port", parse=_port)
     timeout: float = option(30.0, "seconds without RTP in either direction before "
-                            "MEDIA_TIMEOUT", parse=_positive)
+                            "MEDIA_TIMEOUT", parse=parse_positive_float)
     relatch_packets: int = option(
         5, "consecutive packets from a new source that move a latch (0: never re-latch)",
         parse=_count,
