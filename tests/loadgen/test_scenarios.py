@@ -13,7 +13,7 @@ import csv
 import json
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +30,12 @@ FIRST = 600000
 PASSWORD = "lg-secret"
 
 
-def start_stack(run_dir: str) -> Stack:
-    """A stack on free ports (tried again with new ones if another process took one of them
-    meanwhile: the second sbc worker's gRPC port, for one, is not checked by free_port)."""
+def started_on_free_ports(make_config: Callable[[], StackConfig]) -> Stack:
+    """A stack on the free ports `make_config` picks, tried again with new ones (up to 3 times)
+    if another process took one of them meanwhile: the second sbc worker's gRPC port, for one,
+    is not checked by free_port."""
     for attempt in range(3):
-        config = StackConfig(
-            sip_port=free_port(),
-            redis_port=free_port(),
-            state_grpc=f"127.0.0.1:{free_port()}",
-            sbc_grpc=f"127.0.0.1:{free_port_run(2)}",
-            media_grpc=f"127.0.0.1:{free_port()}",
-            media_port_min=44000,
-            media_port_max=44999,
-            sbc_workers=2,
-            run_dir=run_dir,
-        )
-        stack = Stack(config)
+        stack = Stack(make_config())
         try:
             stack.start()
         except StackError:
@@ -54,6 +44,21 @@ def start_stack(run_dir: str) -> Stack:
             continue
         return stack
     raise AssertionError("unreachable")
+
+
+def start_stack(run_dir: str) -> Stack:
+    """A stack with two sbc workers on free ports."""
+    return started_on_free_ports(lambda: StackConfig(
+        sip_port=free_port(),
+        redis_port=free_port(),
+        state_grpc=f"127.0.0.1:{free_port()}",
+        sbc_grpc=f"127.0.0.1:{free_port_run(2)}",
+        media_grpc=f"127.0.0.1:{free_port()}",
+        media_port_min=44000,
+        media_port_max=44999,
+        sbc_workers=2,
+        run_dir=run_dir,
+    ))
 
 
 @pytest.fixture(scope="module")
@@ -250,20 +255,13 @@ def test_scale_out_adds_an_sbc_worker_when_a_step_saturates(tmp_path: Path) -> N
     """One sbc worker admitting about 8 new requests/s (its overload control's starting rate):
     the 14 cps step gets 503s, loadgen adds a worker (`volte scale sbc 2`), the next step runs
     on two workers with fewer 503s."""
-    for attempt in range(3):
-        config = StackConfig(
-            sip_port=free_port(), redis_port=free_port(), state_grpc=f"127.0.0.1:{free_port()}",
-            sbc_grpc=f"127.0.0.1:{free_port_run(2)}", media_grpc=f"127.0.0.1:{free_port()}",
-            media_port_min=44000, media_port_max=44999, run_dir=str(tmp_path / "stack"),
-            extra_sbc_args=["--overload-initial-rate", "8"],
-        )
-        one = Stack(config)
-        try:
-            one.start()
-            break
-        except StackError:
-            if attempt == 2:
-                raise
+    one = started_on_free_ports(lambda: StackConfig(
+        sip_port=free_port(), redis_port=free_port(), state_grpc=f"127.0.0.1:{free_port()}",
+        sbc_grpc=f"127.0.0.1:{free_port_run(2)}", media_grpc=f"127.0.0.1:{free_port()}",
+        media_port_min=44000, media_port_max=44999, run_dir=str(tmp_path / "stack"),
+        extra_sbc_args=["--overload-initial-rate", "8"],
+    ))
+    config = one.config
     try:
         provisioner = Provisioner(config.state_grpc)
         provisioner.provision(12, FIRST, config.domain, PASSWORD)

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from loadgen.cli import main
-from services.stack import Stack, StackConfig, StackError, free_port, free_port_run
+from services.stack import Stack, StackConfig, free_port, free_port_run
 from services.subscribers import Provisioner
+from tests.loadgen.test_scenarios import started_on_free_ports
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 FIRST = 700000
@@ -27,26 +28,19 @@ SUBSCRIBERS = 30
 
 
 def site(run_dir: Path, name: str, host: str, peer_redis: str = "") -> Stack:
-    for attempt in range(3):
-        ports = free_port_run(2)  # sentinel, witness
-        config = StackConfig(
+    def config() -> StackConfig:
+        made = StackConfig(
             sip_host=host, sip_port=free_port(), redis_port=free_port(),
             state_grpc=f"{host}:{free_port()}", sbc_grpc=f"{host}:{free_port()}",
             media_grpc=f"{host}:{free_port()}", enb_grpc=f"{host}:{free_port()}",
             enb_sctp_port=free_port(2), enb_sctp_transport="userspace",
             media_port_min=45000, media_port_max=45999, run_dir=str(run_dir),
-            site=name, peer_redis=peer_redis, sentinel_port=ports,
+            site=name, peer_redis=peer_redis, sentinel_port=free_port_run(2),  # + witness
         )
-        config.localise()
-        stack = Stack(config)
-        try:
-            stack.start()
-        except StackError:
-            if attempt == 2:
-                raise
-            continue
-        return stack
-    raise AssertionError("unreachable")
+        made.localise()
+        return made
+
+    return started_on_free_ports(config)
 
 
 @pytest.fixture
