@@ -340,16 +340,9 @@ class Stack:
             time.sleep(0.1)
 
     def _sentinels_see_primary(self) -> bool:
-        for host, port in self.config.sentinels:
-            command = f"SENTINEL get-master-addr-by-name {SENTINEL_MASTER}\r\n".encode()
-            try:
-                with socket.create_connection((host, port), timeout=0.5) as s:
-                    s.sendall(command)
-                    if not s.recv(256).startswith(b"*2"):
-                        return False
-            except OSError:
-                return False
-        return True
+        command = f"SENTINEL get-master-addr-by-name {SENTINEL_MASTER}"
+        return all(redis_reply(host, port, command).startswith(b"*2")
+                   for host, port in self.config.sentinels)
 
     def media_argv(self, media_grpc: str) -> list[str]:
         """The media relay's command line for this config."""
@@ -412,12 +405,9 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive("redis")
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.config.redis_host, self.config.redis_port), timeout=0.5
-            ) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return
+            if redis_reply(self.config.redis_host, self.config.redis_port,
+                           "PING").startswith(b"+PONG"):
+                return
             time.sleep(0.1)
         raise StackError("redis-server did not answer PING")
 
@@ -536,6 +526,17 @@ class Stack:
         self.procs.clear()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+
+
+def redis_reply(host: str, port: int, command: str) -> bytes:
+    """The start of a Redis (or Sentinel) server's reply to an inline command; b"" when it
+    does not answer."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(command.encode() + b"\r\n")
+            return s.recv(256)
+    except OSError:
+        return b""
 
 
 def sentinel_conf(host: str, port: int, primary: str, run_dir: Path) -> str:
