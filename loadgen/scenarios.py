@@ -33,8 +33,8 @@ FAILED_SHARE = 0.001
 ACHIEVED_SHARE = 0.95
 
 
-def sbc_workers(run_dir: str) -> list[int]:
-    """The pids of the sbc worker processes of the stack in `run_dir` (as `volte status`)."""
+def local_stack(run_dir: str) -> Stack:
+    """The `volte up` stack in `run_dir`, or a LoadError saying why there is none."""
     try:
         stack = Stack.load(run_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -42,6 +42,12 @@ def sbc_workers(run_dir: str) -> list[int]:
     if stack is None:
         raise LoadError(f"no stack in {run_dir} (no stack.json): start one with `volte up`, "
                         "or pass --run-dir")
+    return stack
+
+
+def sbc_workers(run_dir: str) -> list[int]:
+    """The pids of the sbc worker processes of the stack in `run_dir` (as `volte status`)."""
+    stack = local_stack(run_dir)
     sbc = [p for p in stack.procs if p.service == "sbc" and proc_alive(p)]
     if not sbc:
         raise LoadError(f"the stack in {run_dir} runs no sbc")
@@ -89,11 +95,7 @@ class KillSite:
     run_dir: str
 
     def check(self, targets: int) -> int:
-        try:
-            stack = Stack.load(self.run_dir)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LoadError(f"cannot read {self.run_dir}/stack.json: {exc}") from None
-        live = [p for p in stack.procs if proc_alive(p)] if stack is not None else []
+        live = [p for p in local_stack(self.run_dir).procs if proc_alive(p)]
         if not live:
             raise LoadError(f"no running stack in {self.run_dir} to kill: start the first site "
                             "there (`volte up --site a`)")
@@ -133,19 +135,12 @@ class LocalScaler:
 
     run_dir: str
 
-    def _stack(self) -> Stack:
-        stack = Stack.load(self.run_dir)
-        if stack is None:
-            raise LoadError(f"no stack in {self.run_dir} (no stack.json): start one with "
-                            "`volte up`, or pass --run-dir")
-        return stack
-
     def current(self) -> int:
         return len(sbc_workers(self.run_dir))
 
     def scale(self, count: int) -> dict[str, Any]:
         try:
-            before, after = self._stack().scale_sbc(count)
+            before, after = local_stack(self.run_dir).scale_sbc(count)
         except StackError as exc:
             return {"kind": "scale", "target": "sbc-workers", "error": str(exc),
                     "what": f"scaling the sbc to {count} workers failed: {exc}"}
