@@ -128,13 +128,20 @@ def _redis_url(text: str) -> str:
 
 
 
-def _fastpath(text: str) -> str:
-    value = text.strip().lower()
-    if value not in MEDIA_FASTPATHS:
-        raise argparse.ArgumentTypeError(
-            f"expected one of {', '.join(MEDIA_FASTPATHS)}: {text!r}"
-        )
-    return value
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A parser for an option taking one of `choices` (any case)."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}: {text!r}")
+        return value
+
+    return parse
+
+
+_fastpath = _one_of(*MEDIA_FASTPATHS)
+_sbc_state = _one_of("redis", "grpc")
 
 
 def _nonempty(text: str) -> str:
@@ -210,6 +217,12 @@ class UpOptions:
         "when a UE's QCI-1 bearer cannot be set up on answer: best-effort (the call goes on, "
         "logged and counted) or required (580 Precondition Failure to the caller)",
         parse=parse_policy,
+    )
+    sbc_state: str = option(
+        "redis",
+        "how the sbc reaches the state store: redis (runs the store's operations on its Redis "
+        "itself, one round trip per SIP transaction) or grpc (through the state service)",
+        parse=_sbc_state,
     )
     run_dir: str = option(DEFAULT_RUN_DIR, RUN_DIR_HELP)
     detach: bool = option(False, "return once everything is SERVING (stop with `volte down`)")
@@ -349,7 +362,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         media_port_min=opts.media_port_min, media_port_max=opts.media_port_max,
         media_fastpath=opts.media_fastpath, media_interface=opts.media_interface,
         site=opts.site, peer_redis=opts.site_peer_redis, sentinel_port=opts.sentinel_port,
-        bearer_policy=opts.bearer_policy,
+        bearer_policy=opts.bearer_policy, sbc_state=opts.sbc_state,
     )
     if opts.site_peer_redis and not opts.site:
         raise CliError("--site-peer-redis needs --site NAME (the second site's name)")

@@ -59,6 +59,10 @@ class StackConfig:
     run_dir: str = field(default_factory=lambda: f"/tmp/volte-{os.getuid()}")
     nonce_secret: str = field(default_factory=lambda: os.urandom(16).hex())
     extra_sbc_args: list[str] = field(default_factory=list)
+    # How the sbc reaches the state store: "redis" (it runs the store's operations itself on
+    # the state service's Redis: one round trip per SIP transaction) or "grpc" (through the
+    # state service's API, one hop more).
+    sbc_state: str = "redis"
     # The media relay: its gRPC address, and the address and port range of its RTP/RTCP
     # sockets (ports held by others are skipped, so stacks may share the range). The default
     # gRPC port is a preference: if it is busy (another stack on this machine) start() takes
@@ -300,6 +304,8 @@ class Stack:
             ]
             if c.next_hop:
                 sbc_args += ["--next-hop", c.next_hop]
+            if c.sbc_state == "redis":
+                sbc_args += ["--state-redis", self.redis_url]
             self._spawn("sbc", sbc_args, grpc=c.sbc_grpc, address=f"{c.sip_host}:{c.sip_port}")
             self._wait_serving("sbc", c.sbc_grpc, timeout)
         except BaseException:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import __version__
 from services.common.config import load
@@ -31,7 +30,7 @@ from services.sbc.bearer_policy import REQUIRED
 from services.sbc.config import SbcConfig
 from services.sbc.core import Sbc
 from services.sbc.media_client import MediaClient
-from services.sbc.state_client import StateClient
+from services.sbc.state_client import DirectStateClient, GrpcStateClient, StateClient
 from services.sip.transport import install_event_loop_policy
 from volte.v1 import sbc_admin_pb2, sbc_admin_pb2_grpc
 
@@ -83,18 +82,13 @@ def _with_port(address: str, offset: int) -> str:
     return f"{host}:{int(port) + offset if int(port) else 0}"
 
 
-async def _state_serving(state: StateClient) -> bool:
-    stub = health_pb2_grpc.HealthStub(state.channel)
-    try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-    except grpc.aio.AioRpcError:
-        return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 async def serve(config: SbcConfig) -> int:
     telemetry = setup_telemetry("sbc", metrics_port=config.metrics_port)
-    state = StateClient(config.state, config.state_timeout)
+    state: StateClient = (
+        DirectStateClient.from_url(config.state_redis, config.state_timeout, config.instance)
+        if config.state_redis
+        else GrpcStateClient(config.state, config.state_timeout)
+    )
     media = MediaClient(config.media, config.media_timeout) if config.media else None
     bearers = BearerClient(config.enb, config.bearer_timeout) if config.enb else None
     sbc = Sbc(config, state, media, bearers)
@@ -124,7 +118,7 @@ async def serve(config: SbcConfig) -> int:
         # Ready only while the state store answers: otherwise new work would only get 503s.
         serving = False
         while True:
-            ok = await _state_serving(state)
+            ok = await state.serving()
             if ok != serving:
                 await (health.serving() if ok else health.not_serving())
                 log.info("readiness changed", extra={"serving": ok})

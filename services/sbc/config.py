@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from services.common.config import option
 from services.sbc.bearer_policy import BEST_EFFORT, parse_policy
+from services.state.service import redis_url
 
 
 def _default_instance() -> str:
@@ -23,6 +24,13 @@ class SbcConfig:
     )
     domain: str = option("ims.local", "home domain: users @domain are registered here")
     state: str = option("127.0.0.1:50051", "state service gRPC address host:port")
+    state_redis: str = option(
+        "",
+        "Redis URL of the state store (as the state service's --redis): the sbc then runs the "
+        "store's operations itself, one Redis round trip per SIP transaction instead of a gRPC "
+        "hop to the state service (which still runs the timers); empty: through --state",
+        parse=lambda text: text and redis_url(text),
+    )
     state_timeout: float = option(1.0, "seconds before a state RPC counts as failed (then 503)")
     media: str = option(
         "", "media relay gRPC address host:port: anchor every call's RTP there (empty: no)"

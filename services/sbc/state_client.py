@@ -1,21 +1,30 @@
-"""The sbc's side of the state service: the generated stub with deadlines and one failure type.
+"""The sbc's side of the state store, over gRPC or in-process, with deadlines and one failure
+type.
 
-Every call has a deadline; a state service or Redis that does not answer in time, or answers
-UNAVAILABLE, becomes `StateUnavailable`, which the sbc answers with 503 — never a hang.
+`GrpcStateClient` calls the state service (`--state host:port`). `DirectStateClient`
+(`--state-redis URL`) runs the same operations (services.state.service.StateApi: the store's
+keys, Lua scripts and timers) in the sbc against Redis: one Redis round trip per SIP
+transaction instead of a gRPC hop and the state service's own Redis round trip. Both answer
+alike: a store that does not answer in time, or is unreachable, is `StateUnavailable`, which
+the sbc answers with 503 — never a hang.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
 from typing import Any, TypeVar
 
 import grpc
-from opentelemetry import propagate
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate, trace
 
+from services.state.service import BACKEND_ERRORS, StateApi, Throttled, failure_status
+from services.state.store import RedisStore
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
 
 T = TypeVar("T")
 TRANSPORTS = {"UDP": common_pb2.SIP_TRANSPORT_UDP, "TCP": common_pb2.SIP_TRANSPORT_TCP}
+tracer = trace.get_tracer("volte.sbc.state")
 
 
 def transport_enum(name: str) -> common_pb2.SipTransport:
@@ -30,6 +39,15 @@ class StateError(Exception):
     """The state store refused the call (a bug on our side: bad argument)."""
 
 
+def failure(code: str, details: str) -> Exception:
+    """What a failed state operation raises, by its gRPC status name, whichever the client."""
+    if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return StateUnavailable(details or code)
+    if code == "NOT_FOUND":
+        return LookupError(details)
+    return StateError(f"{code}: {details}")
+
+
 def trace_metadata() -> tuple[tuple[str, str], ...]:
     """The current trace context as gRPC metadata, so the state span is a child of ours."""
     carrier: dict[str, str] = {}
@@ -38,6 +56,46 @@ def trace_metadata() -> tuple[tuple[str, str], ...]:
 
 
 class StateClient:
+    """The operations the sbc needs, each one state call (`_invoke`: the RPC's name and
+    request, its response or one of the exceptions above)."""
+
+    async def _invoke(self, method: str, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def serving(self) -> bool:
+        """Whether the store answers now (the sbc's readiness)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def register(self, request: state_pb2.RegisterRequest) -> state_pb2.RegisterResponse:
+        response: state_pb2.RegisterResponse = await self._invoke("Register", request)
+        return response
+
+    async def route(self, request: state_pb2.RouteRequest) -> state_pb2.RouteResponse:
+        response: state_pb2.RouteResponse = await self._invoke("Route", request)
+        return response
+
+    async def lookup(self, impu: str) -> state_pb2.LookupBindingsResponse:
+        request = state_pb2.LookupBindingsRequest(impu=impu)
+        response: state_pb2.LookupBindingsResponse = await self._invoke("LookupBindings", request)
+        return response
+
+    async def put_dialog(self, request: state_pb2.PutDialogRequest) -> state_pb2.Dialog:
+        response: state_pb2.Dialog = await self._invoke("PutDialog", request)
+        return response
+
+    async def delete_dialog(
+        self, request: state_pb2.DeleteDialogRequest
+    ) -> state_pb2.DeleteDialogResponse:
+        response: state_pb2.DeleteDialogResponse = await self._invoke("DeleteDialog", request)
+        return response
+
+
+class GrpcStateClient(StateClient):
+    """Through the state service's gRPC API."""
+
     def __init__(self, target: str, timeout: float) -> None:
         self.channel = grpc.aio.insecure_channel(target)
         self.stub = state_pb2_grpc.StateStoreStub(self.channel)
@@ -46,32 +104,57 @@ class StateClient:
     async def close(self) -> None:
         await self.channel.close(None)
 
-    async def _call(self, rpc: Callable[..., Awaitable[T]], request: Any) -> T:
+    async def serving(self) -> bool:
+        stub = health_pb2_grpc.HealthStub(self.channel)
         try:
-            return await rpc(request, timeout=self.timeout, metadata=trace_metadata())
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _invoke(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self.stub, method)(
+                request, timeout=self.timeout, metadata=trace_metadata()
+            )
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise StateUnavailable(exc.details() or code.name) from None
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise LookupError(exc.details()) from None
-            raise StateError(f"{code.name}: {exc.details()}") from None
+            raise failure(exc.code().name, exc.details() or "") from None
 
-    async def register(self, request: state_pb2.RegisterRequest) -> state_pb2.RegisterResponse:
-        return await self._call(self.stub.Register, request)
 
-    async def route(self, request: state_pb2.RouteRequest) -> state_pb2.RouteResponse:
-        return await self._call(self.stub.Route, request)
+class DirectStateClient(StateClient):
+    """The state service's operations run here, on Redis (the state service still runs the
+    timers and serves everyone else)."""
 
-    async def lookup(self, impu: str) -> state_pb2.LookupBindingsResponse:
-        return await self._call(
-            self.stub.LookupBindings, state_pb2.LookupBindingsRequest(impu=impu)
+    def __init__(self, store: RedisStore, timeout: float) -> None:
+        self.store = store
+        self.api = StateApi(store)
+        self.timeout = timeout
+        self._unavailable = Throttled()
+
+    @classmethod
+    def from_url(cls, url: str, timeout: float, instance: str) -> DirectStateClient:
+        # Each Redis reply gets half the budget, so a dead connection fails in time for
+        # the 503 rather than at the deadline.
+        store = RedisStore.from_url(
+            url, timeout=timeout / 2, client_name="volte-sbc-" + "_".join(instance.split())
         )
+        return cls(store, timeout)
 
-    async def put_dialog(self, request: state_pb2.PutDialogRequest) -> state_pb2.Dialog:
-        return await self._call(self.stub.PutDialog, request)
+    async def close(self) -> None:
+        await self.store.close()
 
-    async def delete_dialog(
-        self, request: state_pb2.DeleteDialogRequest
-    ) -> state_pb2.DeleteDialogResponse:
-        return await self._call(self.stub.DeleteDialog, request)
+    async def serving(self) -> bool:
+        try:
+            async with asyncio.timeout(1.0):
+                await self.store.ping()
+        except BACKEND_ERRORS:
+            return False
+        return True
+
+    async def _invoke(self, method: str, request: Any) -> Any:
+        with tracer.start_as_current_span(f"StateStore/{method}"):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await getattr(self.api, method)(request)
+            except Exception as exc:
+                raise failure(*failure_status(method, exc, self._unavailable)) from None

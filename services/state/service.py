@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -28,7 +28,6 @@ from services.state.store import RedisStore
 from volte.v1 import state_pb2, state_pb2_grpc
 
 log = logging.getLogger("volte.state")
-T = TypeVar("T")
 SERVICE_NAME = state_pb2.DESCRIPTOR.services_by_name["StateStore"].full_name
 DRAIN_GRACE = 5.0
 
@@ -52,7 +51,8 @@ def _log_level(text: str) -> str:
     return level
 
 
-def _redis_url(text: str) -> str:
+def redis_url(text: str) -> str:
+    """A Redis URL option, checked as connect() will read it."""
     try:
         return check_url(text)
     except ValueError as exc:
@@ -66,7 +66,7 @@ class StateConfig:
         "redis://127.0.0.1:6379/0",
         "Redis URL: redis://host:port/db, rediss://, unix://path, "
         "redis+sentinel://h1:p1,h2:p2/service[/db], redis+cluster://host:port",
-        parse=_redis_url,
+        parse=redis_url,
     )
     redis_timeout: float = option(0.5, "seconds to connect to Redis and for each reply")
     metrics_port: int = option(0, "Prometheus /metrics port (0: off)")
@@ -80,7 +80,7 @@ class NotFound(LookupError):
     pass
 
 
-class _Throttled:
+class Throttled:
     """Logs the first of a burst of like warnings, then at most one per `period` seconds with
     the number left out: an outage at 1000 RPC/s is not 1000 log lines a second."""
 
@@ -101,27 +101,140 @@ class _Throttled:
 tracer = trace.get_tracer("volte.state")
 
 
+def failure_status(method: str, exc: Exception, unavailable: Throttled) -> tuple[str, str]:
+    """The gRPC status name and message for an operation that raised `exc`, logged once
+    (an outage throttled, a bug with its traceback). The servicer aborts with it; the sbc's
+    in-process client raises what its gRPC client would raise for it."""
+    if isinstance(exc, InvalidArgument):
+        return "INVALID_ARGUMENT", str(exc)
+    if isinstance(exc, NotFound):
+        return "NOT_FOUND", str(exc)
+    if isinstance(exc, Conflict):
+        return "ALREADY_EXISTS", str(exc)
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        message = f"state store: Redis unavailable ({str(exc) or type(exc).__name__})"
+        unavailable.warning(message, rpc=method)
+        return "UNAVAILABLE", message
+    if isinstance(exc, redis_errors.RedisError):
+        message = f"state store: Redis error ({exc})"
+        log.error(message, extra={"rpc": method}, exc_info=exc)
+        return "INTERNAL", message
+    # A bug: INTERNAL rather than UNKNOWN, logged once with its traceback.
+    log.error("%s failed", method, extra={"rpc": method}, exc_info=exc)
+    return "INTERNAL", f"state store: {type(exc).__name__}"
+
+
+class StateApi:
+    """Each StateStore RPC as request -> response on a RedisStore, without gRPC: the servicer
+    serves these over gRPC, and the sbc runs them in-process (`--state-redis`)."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    async def GetSubscriber(self, request: state_pb2.GetSubscriberRequest) -> state_pb2.Subscriber:
+        sub = await self.store.get_subscriber(impi=request.impi, impu=request.impu)
+        if sub is None:
+            raise NotFound(f"no subscriber {request.impi or request.impu}")
+        return sub
+
+    async def PutSubscriber(self, request: state_pb2.PutSubscriberRequest) -> state_pb2.Subscriber:
+        sub = state_pb2.Subscriber()
+        sub.CopyFrom(request.subscriber)
+        return await self.store.put_subscriber(sub)
+
+    async def ListSubscribers(
+        self, request: state_pb2.ListSubscribersRequest
+    ) -> state_pb2.ListSubscribersResponse:
+        subs = await self.store.list_subscribers(request.after_impi, request.limit)
+        return state_pb2.ListSubscribersResponse(subscribers=subs)
+
+    async def DeleteSubscriber(
+        self, request: state_pb2.DeleteSubscriberRequest
+    ) -> state_pb2.DeleteSubscriberResponse:
+        deleted, removed = await self.store.delete_subscriber(request.impi)
+        return state_pb2.DeleteSubscriberResponse(deleted=deleted, bindings_removed=removed)
+
+    async def Register(self, request: state_pb2.RegisterRequest) -> state_pb2.RegisterResponse:
+        return await self.store.register(request)
+
+    async def Route(self, request: state_pb2.RouteRequest) -> state_pb2.RouteResponse:
+        return await self.store.route(request)
+
+    async def SaveBinding(
+        self, request: state_pb2.SaveBindingRequest
+    ) -> state_pb2.SaveBindingResponse:
+        return state_pb2.SaveBindingResponse(bindings=await self.store.save_binding(request))
+
+    async def LookupBindings(
+        self, request: state_pb2.LookupBindingsRequest
+    ) -> state_pb2.LookupBindingsResponse:
+        bindings = await self.store.lookup_bindings(request.impu)
+        return state_pb2.LookupBindingsResponse(bindings=bindings)
+
+    async def RemoveBinding(
+        self, request: state_pb2.RemoveBindingRequest
+    ) -> state_pb2.RemoveBindingResponse:
+        removed = await self.store.remove_binding(request.impu, request.contact_uri)
+        return state_pb2.RemoveBindingResponse(removed=removed)
+
+    async def PutDialog(self, request: state_pb2.PutDialogRequest) -> state_pb2.Dialog:
+        return await self.store.put_dialog(request.dialog, request.ttl)
+
+    async def GetDialog(self, request: state_pb2.GetDialogRequest) -> state_pb2.Dialog:
+        dialog = await self.store.get_dialog(request.id)
+        if dialog is None:
+            raise NotFound(f"no dialog with Call-ID {request.id.call_id} and these tags")
+        return dialog
+
+    async def DeleteDialog(
+        self, request: state_pb2.DeleteDialogRequest
+    ) -> state_pb2.DeleteDialogResponse:
+        deleted = await self.store.delete_dialog(request.id)
+        return state_pb2.DeleteDialogResponse(
+            deleted=bool(deleted), bearer_ids=[b for d in deleted for b in d.bearer_ids])
+
+    async def PutMediaSession(
+        self, request: state_pb2.PutMediaSessionRequest
+    ) -> state_pb2.MediaSessionRecord:
+        return await self.store.put_media_session(request.session, request.ttl)
+
+    async def GetMediaSession(
+        self, request: state_pb2.GetMediaSessionRequest
+    ) -> state_pb2.MediaSessionRecord:
+        session = await self.store.get_media_session(request.session_id)
+        if session is None:
+            raise NotFound(f"no media session {request.session_id}")
+        return session
+
+    async def DeleteMediaSession(
+        self, request: state_pb2.DeleteMediaSessionRequest
+    ) -> state_pb2.DeleteMediaSessionResponse:
+        deleted = await self.store.delete_media_session(request.session_id)
+        return state_pb2.DeleteMediaSessionResponse(deleted=deleted)
+
+
 class StateServicer(state_pb2_grpc.StateStoreServicer):
-    """Each RPC: validate, run against the store within `deadline` seconds, map errors to
-    status codes (logging each failure once), count it."""
+    """Each RPC: StateApi's method within `deadline` seconds, failures mapped to status codes
+    (logging each once), counted."""
 
     def __init__(
         self, store: RedisStore, *, deadline: float = 1.0, meter: metrics.Meter | None = None
     ) -> None:
         self.store = store
+        self.api = StateApi(store)
         self.deadline = deadline
         meter = meter or metrics.get_meter("volte.state")
         self._rpcs = meter.create_counter(
             "volte_state_rpcs", unit="{rpc}", description="StateStore RPCs by method and result"
         )
-        self._unavailable = _Throttled()
+        self._unavailable = Throttled()
 
-    async def _call(self, method: str, context: Any, work: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, method: str, request: Any, context: Any) -> Any:
         budget = self.deadline
         remaining = context.time_remaining()
         if remaining is not None:
             budget = min(budget, remaining)
-        code, message = grpc.StatusCode.OK, ""
+        code, message = "OK", ""
         # A child of the caller's span (the sbc's SIP transaction): W3C trace context comes
         # in the gRPC metadata.
         parent = propagate.extract(dict(context.invocation_metadata() or ()))
@@ -129,164 +242,27 @@ class StateServicer(state_pb2_grpc.StateStoreServicer):
         try:
             async with asyncio.timeout(budget):
                 with trace.use_span(span, end_on_exit=True):
-                    result = await work()
-        except InvalidArgument as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except NotFound as exc:
-            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
-        except Conflict as exc:
-            code, message = grpc.StatusCode.ALREADY_EXISTS, str(exc)
-        except UNAVAILABLE_ERRORS as exc:
-            code = grpc.StatusCode.UNAVAILABLE
-            message = f"state store: Redis unavailable ({str(exc) or type(exc).__name__})"
-            self._unavailable.warning(message, rpc=method)
-        except redis_errors.RedisError as exc:
-            code, message = grpc.StatusCode.INTERNAL, f"state store: Redis error ({exc})"
-            log.error(message, extra={"rpc": method}, exc_info=True)
-        except Exception as exc:  # a bug: answer INTERNAL rather than UNKNOWN, log it once
-            code, message = grpc.StatusCode.INTERNAL, f"state store: {type(exc).__name__}"
-            log.exception("%s failed", method, extra={"rpc": method})
-        self._rpcs.add(1, {"method": method, "code": code.name})
-        if code is not grpc.StatusCode.OK:
-            log.debug("rpc failed", extra={"rpc": method, "code": code.name, "detail": message})
-            await context.abort(code, message)
+                    result = await getattr(self.api, method)(request)
+        except Exception as exc:
+            code, message = failure_status(method, exc, self._unavailable)
+        self._rpcs.add(1, {"method": method, "code": code})
+        if code != "OK":
+            log.debug("rpc failed", extra={"rpc": method, "code": code, "detail": message})
+            await context.abort(grpc.StatusCode[code], message)
         return result
 
-    # --- subscribers --------------------------------------------------------------------------
 
-    async def GetSubscriber(
-        self, request: state_pb2.GetSubscriberRequest, context: Any
-    ) -> state_pb2.Subscriber:
-        async def work() -> state_pb2.Subscriber:
-            sub = await self.store.get_subscriber(impi=request.impi, impu=request.impu)
-            if sub is None:
-                raise NotFound(f"no subscriber {request.impi or request.impu}")
-            return sub
+def _rpc(method: str) -> Callable[[StateServicer, Any, Any], Awaitable[Any]]:
+    async def handler(self: StateServicer, request: Any, context: Any) -> Any:
+        return await self._call(method, request, context)
 
-        return await self._call("GetSubscriber", context, work)
+    handler.__name__ = handler.__qualname__ = method
+    return handler
 
-    async def PutSubscriber(
-        self, request: state_pb2.PutSubscriberRequest, context: Any
-    ) -> state_pb2.Subscriber:
-        sub = state_pb2.Subscriber()
-        sub.CopyFrom(request.subscriber)
-        return await self._call("PutSubscriber", context, lambda: self.store.put_subscriber(sub))
 
-    async def ListSubscribers(
-        self, request: state_pb2.ListSubscribersRequest, context: Any
-    ) -> state_pb2.ListSubscribersResponse:
-        async def work() -> state_pb2.ListSubscribersResponse:
-            subs = await self.store.list_subscribers(request.after_impi, request.limit)
-            return state_pb2.ListSubscribersResponse(subscribers=subs)
-
-        return await self._call("ListSubscribers", context, work)
-
-    async def DeleteSubscriber(
-        self, request: state_pb2.DeleteSubscriberRequest, context: Any
-    ) -> state_pb2.DeleteSubscriberResponse:
-        async def work() -> state_pb2.DeleteSubscriberResponse:
-            deleted, removed = await self.store.delete_subscriber(request.impi)
-            return state_pb2.DeleteSubscriberResponse(deleted=deleted, bindings_removed=removed)
-
-        return await self._call("DeleteSubscriber", context, work)
-
-    # --- registrations and routing ------------------------------------------------------------
-
-    async def Register(
-        self, request: state_pb2.RegisterRequest, context: Any
-    ) -> state_pb2.RegisterResponse:
-        return await self._call("Register", context, lambda: self.store.register(request))
-
-    async def Route(
-        self, request: state_pb2.RouteRequest, context: Any
-    ) -> state_pb2.RouteResponse:
-        return await self._call("Route", context, lambda: self.store.route(request))
-
-    async def SaveBinding(
-        self, request: state_pb2.SaveBindingRequest, context: Any
-    ) -> state_pb2.SaveBindingResponse:
-        async def work() -> state_pb2.SaveBindingResponse:
-            bindings = await self.store.save_binding(request)
-            return state_pb2.SaveBindingResponse(bindings=bindings)
-
-        return await self._call("SaveBinding", context, work)
-
-    async def LookupBindings(
-        self, request: state_pb2.LookupBindingsRequest, context: Any
-    ) -> state_pb2.LookupBindingsResponse:
-        async def work() -> state_pb2.LookupBindingsResponse:
-            bindings = await self.store.lookup_bindings(request.impu)
-            return state_pb2.LookupBindingsResponse(bindings=bindings)
-
-        return await self._call("LookupBindings", context, work)
-
-    async def RemoveBinding(
-        self, request: state_pb2.RemoveBindingRequest, context: Any
-    ) -> state_pb2.RemoveBindingResponse:
-        async def work() -> state_pb2.RemoveBindingResponse:
-            removed = await self.store.remove_binding(request.impu, request.contact_uri)
-            return state_pb2.RemoveBindingResponse(removed=removed)
-
-        return await self._call("RemoveBinding", context, work)
-
-    # --- dialogs and media sessions -----------------------------------------------------------
-
-    async def PutDialog(
-        self, request: state_pb2.PutDialogRequest, context: Any
-    ) -> state_pb2.Dialog:
-        return await self._call(
-            "PutDialog", context, lambda: self.store.put_dialog(request.dialog, request.ttl)
-        )
-
-    async def GetDialog(
-        self, request: state_pb2.GetDialogRequest, context: Any
-    ) -> state_pb2.Dialog:
-        async def work() -> state_pb2.Dialog:
-            dialog = await self.store.get_dialog(request.id)
-            if dialog is None:
-                raise NotFound(f"no dialog with Call-ID {request.id.call_id} and these tags")
-            return dialog
-
-        return await self._call("GetDialog", context, work)
-
-    async def DeleteDialog(
-        self, request: state_pb2.DeleteDialogRequest, context: Any
-    ) -> state_pb2.DeleteDialogResponse:
-        async def work() -> state_pb2.DeleteDialogResponse:
-            deleted = await self.store.delete_dialog(request.id)
-            return state_pb2.DeleteDialogResponse(
-                deleted=bool(deleted), bearer_ids=[b for d in deleted for b in d.bearer_ids])
-
-        return await self._call("DeleteDialog", context, work)
-
-    async def PutMediaSession(
-        self, request: state_pb2.PutMediaSessionRequest, context: Any
-    ) -> state_pb2.MediaSessionRecord:
-        return await self._call(
-            "PutMediaSession",
-            context,
-            lambda: self.store.put_media_session(request.session, request.ttl),
-        )
-
-    async def GetMediaSession(
-        self, request: state_pb2.GetMediaSessionRequest, context: Any
-    ) -> state_pb2.MediaSessionRecord:
-        async def work() -> state_pb2.MediaSessionRecord:
-            session = await self.store.get_media_session(request.session_id)
-            if session is None:
-                raise NotFound(f"no media session {request.session_id}")
-            return session
-
-        return await self._call("GetMediaSession", context, work)
-
-    async def DeleteMediaSession(
-        self, request: state_pb2.DeleteMediaSessionRequest, context: Any
-    ) -> state_pb2.DeleteMediaSessionResponse:
-        async def work() -> state_pb2.DeleteMediaSessionResponse:
-            deleted = await self.store.delete_media_session(request.session_id)
-            return state_pb2.DeleteMediaSessionResponse(deleted=deleted)
-
-        return await self._call("DeleteMediaSession", context, work)
+# Every RPC of the service is StateApi's method of the same name, served through _call.
+for _method in state_pb2.DESCRIPTOR.services_by_name["StateStore"].methods_by_name:
+    setattr(StateServicer, _method, _rpc(_method))
 
 
 class StateServer:

@@ -132,6 +132,27 @@ def test_sbc_bearer_policy_reaches_the_sbc_and_bad_ones_are_refused():
     assert "bearerPolicy" in render_error((), ("sbc.bearerPolicy=strict",))
 
 
+def test_sbc_on_redis_directly_by_default_and_the_redis_policy_follows():
+    """sbc.stateVia=redis (default): the sbc gets the Redis URL and the Redis NetworkPolicy
+    admits sbc pods; grpc: neither (the sbc reaches the store through the state service)."""
+    def sbc_env_and_redis_peers(sets: tuple[str, ...]) -> tuple[dict[str, Any], list[Obj]]:
+        objs = render((), sets)
+        spec = named(objs, "Deployment", "sbc")["spec"]["template"]["spec"]
+        (sbc,) = [c for c in containers(spec) if c["name"] == "sbc"]
+        peers = named(objs, "NetworkPolicy", "redis")["spec"]["ingress"][0]["from"]
+        return env(sbc), peers
+
+    def admits_sbc(peers: list[Obj]) -> bool:
+        return any(p.get("podSelector", {}).get("matchLabels", {}).get(
+            "app.kubernetes.io/component") == "sbc" for p in peers)
+
+    direct, peers = sbc_env_and_redis_peers(())
+    assert direct["VOLTE_STATE_REDIS"].startswith("redis+sentinel://") and admits_sbc(peers)
+    hop, peers = sbc_env_and_redis_peers(("sbc.stateVia=grpc",))
+    assert "VOLTE_STATE_REDIS" not in hop and not admits_sbc(peers)
+    assert "stateVia" in render_error((), ("sbc.stateVia=memcached",))
+
+
 @pytest.mark.parametrize("profile", ALL)
 def test_services_select_pods_and_named_ports_exist(profile):
     objs = render_profile(profile)
@@ -261,6 +282,8 @@ def test_grpc_addresses_name_services_of_this_release(profile):
     state = env(named(objs, "Deployment", "state")["spec"]["template"]["spec"]["containers"][0])
     match = re.match(r"redis(?:\+sentinel)?://([^:/]+):(\d+)/", state["VOLTE_REDIS"])
     assert match and (match.group(1), int(match.group(2))) in ports, state["VOLTE_REDIS"]
+    # The sbc runs the store's operations on the same Redis (sbc.stateVia: redis, the default).
+    assert sbc["VOLTE_STATE_REDIS"] == state["VOLTE_REDIS"]
 
 
 @pytest.mark.parametrize("profile", ALL)

@@ -2,7 +2,8 @@
 
 Real processes throughout: two sbc workers sharing the SIP port, the state service, Redis,
 SIPp UEs. Redis "stops" by SIGSTOP (it stops answering, as a hung or partitioned server
-does) and comes back by SIGCONT with its data intact.
+does) and comes back by SIGCONT with its data intact. Each test runs twice: with the sbc on
+Redis itself (`--state-redis`, what `volte up` does) and through the state service's gRPC API.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
 
 pytestmark = pytest.mark.interop
 
-_numbers = iter(range(FIRST, FIRST + 40))
+_numbers = iter(range(FIRST, FIRST + 80))
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["redis", "grpc"])
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     config = StackConfig(
         sip_port=free_port(),
         redis_port=free_port(),
@@ -38,11 +41,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sbc_grpc=f"127.0.0.1:{free_port_run(2)}",  # worker i listens on port + i
         sbc_workers=2,
         run_dir=str(tmp_path_factory.mktemp("stack")),
+        sbc_state=request.param,
     )
     stack = Stack(config)
     stack.start()
     provisioner = Provisioner(config.state_grpc)
-    provisioner.provision(40, FIRST, "ims.local", PASSWORD)
+    provisioner.provision(80, FIRST, "ims.local", PASSWORD)
     provisioner.close()
     yield stack
     stack.stop()

@@ -1,8 +1,9 @@
-"""Traces and metrics: the state RPC a SIP transaction makes is a child span of it.
+"""Traces and metrics: the state call a SIP transaction makes is a child span of it.
 
 The sbc and the state service run in this process (so one in-memory exporter sees both
 services' spans) but talk over a real gRPC connection on loopback to a real Redis: the trace
-context crosses in the gRPC metadata, as it does between pods.
+context crosses in the gRPC metadata, as it does between pods. With the sbc running the store's
+operations itself (`--state-redis`), the span is its own, the same child of the transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.sbc.config import SbcConfig
 from services.sbc.core import Sbc
-from services.sbc.state_client import StateClient
+from services.sbc.state_client import DirectStateClient, GrpcStateClient, StateClient
 from services.state.service import StateServer
 from services.state.store import RedisStore
 from services.subscribers import subscriber
@@ -47,14 +48,18 @@ def redis(tmp_path: Path) -> Iterator[RedisProcess]:
     proc.stop()
 
 
-@pytest.fixture
-async def sbc(redis: RedisProcess) -> AsyncIterator[Sbc]:
+@pytest.fixture(params=["grpc", "redis"])
+async def sbc(redis: RedisProcess, request: pytest.FixtureRequest) -> AsyncIterator[Sbc]:
     store = RedisStore.from_url(redis.url)
     server = StateServer(store, listen="127.0.0.1:0")
     port = await server.start()
-    state = StateClient(f"127.0.0.1:{port}", timeout=1.0)
-    await state.stub.PutSubscriber(
+    await server.servicer.api.PutSubscriber(
         state_pb2.PutSubscriberRequest(subscriber=subscriber("300000", "ims.local", "pw"))
+    )
+    state: StateClient = (
+        GrpcStateClient(f"127.0.0.1:{port}", timeout=1.0)
+        if request.param == "grpc"
+        else DirectStateClient.from_url(redis.url, 1.0, "test")
     )
     node = Sbc(SbcConfig(sip_port=0, nonce_secret="k"), state)
     await node.start()
