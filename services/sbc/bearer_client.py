@@ -32,6 +32,10 @@ class BearerUnavailable(Exception):
     """No bearer: the agent or the eNB refused, or did not answer in time."""
 
 
+class NotAttached(BearerUnavailable):
+    """No bearer because the UE is attached at no eNB the agent serves (a plain SIP UE)."""
+
+
 class BearerClient:
     def __init__(self, target: str, timeout: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -55,7 +59,7 @@ class BearerClient:
         )
         known = self.not_attached.get(imsi)
         if known is not None and known[0] > self.clock():
-            raise BearerUnavailable(known[1])
+            raise NotAttached(known[1])
         try:
             reply = await self.stub.SetupBearer(
                 request, timeout=self.timeout, metadata=trace_metadata()
@@ -64,6 +68,7 @@ class BearerClient:
             why = f"{exc.code().name}: {exc.details()}"
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 self._not_attached(imsi, why)
+                raise NotAttached(why) from None
             raise BearerUnavailable(why) from None
         self.not_attached.pop(imsi, None)
         return str(reply.bearer.bearer_id)

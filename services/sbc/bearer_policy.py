@@ -48,6 +48,7 @@ class BearerOutcome:
     imsi: str
     bearer_id: str = ""
     error: str = ""
+    attached: bool = True  # False: the UE is at no eNB (not an error of the RAN or the agent)
 
     @property
     def up(self) -> bool:

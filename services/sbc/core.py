@@ -10,6 +10,7 @@ transaction to the client transactions forked from it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from services.sbc.bearer_client import BearerClient, BearerUnavailable
+from services.sbc.bearer_client import BearerClient, BearerUnavailable, NotAttached
 from services.sbc.bearer_policy import (
     PRECONDITION_FAILURE,
     BearerDecision,
@@ -70,6 +71,12 @@ meter = metrics.get_meter("volte.sbc")
 SUPPORTED = frozenset({"path", "outbound", "timer", "100rel", "replaces", "gruu"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, PRACK, MESSAGE"
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+
+def contact_address(uri: URI) -> Address:
+    """Where a Contact URI says its UA is (its default port 5060), to compare with where the
+    UA's requests really come from: equal means no NAT in between."""
+    return (uri.host.strip("[]"), uri.port or 5060)
 
 
 def aor_of(uri: URI) -> str:
@@ -219,17 +226,22 @@ class Sbc:
     def _via_local(self) -> tuple[str, int]:
         return (self.config.sip_listen, self.via_port)
 
+    def _behind_nat(self, hop: Hop) -> bool:
+        """A UE that may be behind a NAT: it takes datagrams only from the port its REGISTER
+        went to (RFC 5626 flows), the shared SIP port. The next hop, and UEs whose Contact is
+        where they send from (`Hop.open`), take them from a worker's own port too."""
+        return not hop.open and self._toward_ue(hop)
+
     def _local(self, hop: Hop) -> Address:
-        """The UDP socket to send to `hop` from. Toward a UE, the SIP port: the one its REGISTER
-        came to, so that a NAT in front of it lets us in (RFC 5626 flows). Toward the next
-        hop, this worker's own port, so that the answers come straight back to it."""
-        return (self.config.sip_listen, self.port if self._toward_ue(hop) else self.via_port)
+        """The UDP socket to send to `hop` from: the SIP port toward a UE that may be behind
+        a NAT, else this worker's own port, so that the answers come straight back to it."""
+        return (self.config.sip_listen, self.port if self._behind_nat(hop) else self.via_port)
 
     def _via_for(self, hop: Hop, branch: str) -> Via:
         params: dict[str, str | None] = {"branch": branch, "rport": None}
         if hop.transport != "UDP":
             port = self.port
-        elif self._toward_ue(hop):
+        elif self._behind_nat(hop):
             port = self.port
             if self.config.shared_port:
                 # The UE answers to the shared SIP port, where any worker may get it: this
@@ -239,8 +251,8 @@ class Sbc:
             port = self.via_port
         return Via(hop.transport, self.config.advertised, port, params)
 
-    @property
-    def _worker_tag(self) -> str:
+    @functools.cached_property
+    def _worker_tag(self) -> str:  # via_port is fixed once started
         mac = hmac.new(self.key, f"worker:{self.via_port}".encode(), hashlib.sha256)
         return f"{self.via_port}-{mac.hexdigest()[:8]}"
 
@@ -477,7 +489,7 @@ class Sbc:
         """
         received = (binding.received.ip, binding.received.port)
         if binding.transport != common_pb2.SIP_TRANSPORT_TCP:
-            return Hop("UDP", received)
+            return Hop("UDP", received, open=contact_address(contact) == received)
         if self.endpoint.transport.has_flow(received):
             return Hop("TCP", received)
         return Hop("TCP", (contact.host.strip("[]"), contact.port or 5060))
@@ -502,9 +514,14 @@ class Sbc:
         mf = ctx.request.max_forwards
         out.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
         if record_route:
-            params = record_route_params(self.key, Hop.of(ctx.source), media=ctx.media)
+            params = record_route_params(self.key, self._caller(ctx), media=ctx.media)
             out.headers.add_first("Record-Route", f"<{self._own_uri(hop.transport)}{params}>")
         self._send_branch(ctx, out, hop, n)
+
+    @staticmethod
+    def _caller(ctx: ProxyContext) -> Hop:
+        contacts = ctx.request.contacts
+        return Hop.of(ctx.source, contact_address(contacts[0].uri) if contacts else None)
 
     def _toward_ue(self, hop: Hop) -> bool:
         return self.next_hop is None or hop.address != self.next_hop.address
@@ -713,7 +730,7 @@ class Sbc:
                 callee_to=response.headers.get("to") or "",
                 caller_contact=str((request.contacts or [NameAddr(request.from_.uri)])[0].uri),
                 callee_contact=str(contacts[0].uri) if contacts else str(request.uri),
-                caller=Hop.of(ctx.source),
+                caller=self._caller(ctx),
                 callee=branch.target,
             )
         bearers = await self._setup_bearers(ctx, response)
@@ -758,7 +775,7 @@ class Sbc:
         for i, value in enumerate(values):
             rr = parse_name_addr(value)
             if self._our_uri(rr.uri) and read_route_params(self.key, dict(rr.uri.params)):
-                caller = Hop.of(ctx.source)
+                caller = self._caller(ctx)
                 params = record_route_params(self.key, caller, callee, ctx.media)
                 values[i] = f"<{self._own_uri(callee.transport)}{params}>"
                 response.headers.set("Record-Route", ", ".join(values))
@@ -877,14 +894,20 @@ class Sbc:
         )
         decision = decide(policy, [
             BearerOutcome(ue, imsi, answer) if isinstance(answer, str)
-            else BearerOutcome(ue, imsi, error=str(answer))
+            else BearerOutcome(ue, imsi, error=str(answer),
+                               attached=not isinstance(answer, NotAttached))
             for (ue, imsi), answer in zip(ues, answers, strict=True)
         ])
         for failed in decision.failed:
-            self.metrics.bearer_failures.add(1, {"policy": policy, "ue": failed.ue})
+            reason = "error" if failed.attached else "not_attached"
+            self.metrics.bearer_failures.add(
+                1, {"policy": policy, "ue": failed.ue, "reason": reason})
         if decision.failed:
             then = "call refused (580)" if decision.refuse else "call goes on best-effort"
-            log.warning(f"{decision.text}: {then}", extra={
+            # A UE attached nowhere (a plain SIP UE) is no fault when the call goes on: counted,
+            # logged at DEBUG; anything else, or a refused call, is a warning.
+            fault = decision.refuse or any(o.attached for o in decision.failed)
+            log.log(logging.WARNING if fault else logging.DEBUG, f"{decision.text}: {then}", extra={
                 "call_id": call_id, "policy": policy,
                 "failed": {o.ue: {"imsi": o.imsi, "error": o.error} for o in decision.failed},
             })

@@ -22,23 +22,31 @@ from services.sip.transport import Address, Source
 class Hop:
     transport: str  # UDP or TCP
     address: Address
+    # A UDP peer whose Contact names the very address its requests come from: no NAT in front
+    # of it, so it takes datagrams from any port of ours (a worker may send from its own, and
+    # the answers come straight back to that worker).
+    open: bool = False
 
     def encode(self) -> str:
-        raw = f"{self.transport}|{self.address[0]}|{self.address[1]}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        raw = f"{self.transport}|{self.address[0]}|{self.address[1]}" + ("|o" if self.open else "")
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str) -> Hop | None:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-            transport, host, port = raw.split("|")
-            return cls(transport, (host, int(port)))
+            transport, host, port, *flags = raw.split("|")
+            if flags not in ([], ["o"]):
+                return None
+            return cls(transport, (host, int(port)), open=bool(flags))
         except (ValueError, UnicodeDecodeError):
             return None
 
     @classmethod
-    def of(cls, source: Source) -> Hop:
-        return cls(source.transport, source.remote)
+    def of(cls, source: Source, contact: Address | None = None) -> Hop:
+        """The peer a request came from; `contact`: where its Contact header says it is."""
+        return cls(source.transport, source.remote,
+                   open=source.transport == "UDP" and contact == source.remote)
 
     def source(self, local: Address = ("", 0)) -> Source:
         """As a peer to send to; `local` picks our UDP socket to send from."""

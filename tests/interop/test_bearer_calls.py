@@ -148,8 +148,9 @@ def metric(port: int, name: str, **labels: str) -> float:
 
 
 def bearer_failures(stack: Stack, policy: str) -> float:
+    """The callee's bearer failures the eNB caused (not a UE attached nowhere)."""
     port = int(stack.config.extra_sbc_args[1])
-    return metric(port, "sbc_bearer_failures_total", policy=policy, ue="callee")
+    return metric(port, "sbc_bearer_failures_total", policy=policy, ue="callee", reason="error")
 
 
 def dialog_stored(stack: Stack, call_id: str) -> bool:

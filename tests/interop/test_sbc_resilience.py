@@ -20,8 +20,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.sip import Request, parse_message
+from services.sip.message import make_response
 from services.stack import Stack, StackConfig, children, free_port, free_port_run
 from services.subscribers import Provisioner
+from tests.interop.sipclient import SipClient
 from tests.interop.test_sbc_calls import FIRST, PASSWORD, Ue, finish
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
 
@@ -125,14 +128,16 @@ def dialog_of(stack: Stack, sipp_pid: int) -> state_pb2.Dialog | None:
     )
 
 
-def invite(port: int, source: socket.socket, call_id: str) -> bytes:
+def invite(
+    port: int, source: socket.socket, call_id: str, caller: int = FIRST, callee: int = FIRST + 39
+) -> bytes:
     local = source.getsockname()[1]
     return (
-        f"INVITE sip:{FIRST + 39}@ims.local SIP/2.0\r\n"
+        f"INVITE sip:{callee}@ims.local SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{local};rport;branch=z9hG4bK{call_id}\r\n"
-        f"From: <sip:{FIRST}@ims.local>;tag=t{call_id}\r\nTo: <sip:{FIRST + 39}@ims.local>\r\n"
+        f"From: <sip:{caller}@ims.local>;tag=t{call_id}\r\nTo: <sip:{callee}@ims.local>\r\n"
         f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
-        f"Contact: <sip:{FIRST}@127.0.0.1:{local}>\r\nContent-Length: 0\r\n\r\n"
+        f"Contact: <sip:{caller}@127.0.0.1:{local}>\r\nContent-Length: 0\r\n\r\n"
     ).encode()
 
 
@@ -181,6 +186,46 @@ def test_redis_stopped_gives_503_within_a_second_and_service_recovers(
     sock.sendto(invite(stack.config.sip_port, sock, "up1"), ("127.0.0.1", stack.config.sip_port))
     assert final_status(sock, 5)[0] == 403
     sock.close()
+
+
+def test_a_ue_without_nat_is_reached_from_the_worker_that_awaits_its_answer(
+    stack: Stack,
+) -> None:
+    """Two workers share the SIP port. Toward a UE whose Contact is where it registered from
+    (no NAT), the forwarding worker sends from its own port and names it in the Via, so the
+    answer comes straight back to it; toward a UE whose Contact says another address (a NAT in
+    front of it) it sends from the SIP port, with the signed worker tag for the hand-over."""
+    port = stack.config.sip_port
+    caller, direct, natted = (SipClient(("127.0.0.1", port), str(next(_numbers)))
+                              for _ in range(3))
+    try:
+        for ue, contact in ((caller, None), (direct, None),
+                            (natted, f"<sip:{natted.user}@10.9.9.9:5060>")):
+            assert ue.register(PASSWORD, contact=contact).status == 200
+        for callee, behind_nat in ((direct, False), (natted, True)):
+            call_id = f"nat{behind_nat}{callee.port}"
+            caller.sock.sendto(invite(port, caller.sock, call_id, int(caller.user),
+                                      int(callee.user)), ("127.0.0.1", port))
+            callee.sock.settimeout(5)
+            while True:
+                data, sbc_address = callee.sock.recvfrom(65535)
+                if data.startswith(b"INVITE"):
+                    break
+            request = parse_message(data)
+            assert isinstance(request, Request)
+            via = request.top_via
+            if behind_nat:
+                assert (via.port, sbc_address[1]) == (port, port)
+                assert "vw" in via.params
+            else:
+                assert via.port == sbc_address[1] != port  # the worker's own port
+                assert "vw" not in via.params
+            callee.sock.sendto(make_response(request, 486, to_tag="busy").to_bytes(),
+                               sbc_address)
+            assert final_status(caller.sock, 5)[0] == 486
+    finally:
+        for ue in (caller, direct, natted):
+            ue.close()
 
 
 def test_malformed_sip_gets_400_and_the_sbc_keeps_serving(stack: Stack, tmp_path: Path) -> None:
