@@ -71,7 +71,8 @@ KAMAILIO_CFG = Path(__file__).parent / "kamailio" / "pcscf.cfg"
 DOMAIN = "ims.local"
 PASSWORD = "secret"
 FIRST = 700000  # UEs get the numbers after it, callee first
-STEPS = (50, 100, 200, 300, 400, 600, 800)  # calls per second offered
+# Calls per second offered: 100 apart where one sbc worker and two reach their limits.
+STEPS = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1400, 1600)
 STEP_SECONDS = 4
 CALL_MS = 100
 CALLERS = 4
