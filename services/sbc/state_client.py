@@ -136,7 +136,8 @@ class DirectStateClient(StateClient):
         # Each Redis reply gets half the budget, so a dead connection fails in time for
         # the 503 rather than at the deadline.
         store = RedisStore.from_url(
-            url, timeout=timeout / 2, client_name="volte-sbc-" + "_".join(instance.split())
+            url, timeout=timeout / 2, client_name="volte-sbc-" + "_".join(instance.split()),
+            lean=True,
         )
         return cls(store, timeout)
 

@@ -18,7 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-RedisClient = Redis | RedisCluster
+from services.state.resp import LeanRedis
+
+RedisClient = Redis | RedisCluster | LeanRedis
 
 MAX_CONNECTIONS = 256
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
@@ -67,10 +69,16 @@ def check_url(url: str) -> str:
     return url
 
 
-def connect(url: str, *, timeout: float = 0.5, client_name: str | None = None) -> RedisClient:
-    """A client for `url`; `timeout` bounds connecting and each reply (seconds)."""
+def connect(
+    url: str, *, timeout: float = 0.5, client_name: str | None = None, lean: bool = False
+) -> RedisClient:
+    """A client for `url`; `timeout` bounds connecting and each reply (seconds). `lean`: for
+    redis:// and unix:// URLs, the call path's one pipelined connection (resp.py) instead of
+    redis-py's pool."""
     check_url(url)
     scheme = url.partition("://")[0].lower()
+    if lean and scheme in ("redis", "unix"):
+        return LeanRedis.from_url(url, timeout=timeout, client_name=client_name)
     fail_fast: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,

@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError
 
 from services.state import keys, rules, scripts
 from services.state.connect import RedisClient, connect
+from services.state.resp import LeanScript
 from services.state.rules import Conflict, check_token, require
 from volte.v1 import common_pb2, state_pb2
 
@@ -64,10 +65,16 @@ class RedisStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout: float = 0.5, client_name: str | None = None, **options: Any
+        cls,
+        url: str,
+        *,
+        timeout: float = 0.5,
+        client_name: str | None = None,
+        lean: bool = False,
+        **options: Any,
     ) -> RedisStore:
-        """See connect.py for the URL forms; `options` go to the constructor."""
-        return cls(connect(url, timeout=timeout, client_name=client_name), **options)
+        """See connect.py for the URL forms and `lean`; `options` go to the constructor."""
+        return cls(connect(url, timeout=timeout, client_name=client_name, lean=lean), **options)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -546,7 +553,7 @@ class RedisStore:
         return fired
 
     async def _script_many(
-        self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+        self, script: AsyncScript | LeanScript, calls: list[tuple[list[str], list[Any]]]
     ) -> list[Any]:
         """`script` once per (keys, args): pipelined in one round trip (sweeps run twice a
         second over every shard), or one call after another on a cluster, where redis-py

@@ -34,9 +34,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def store(redis_url: str, clock: FakeClock) -> AsyncIterator[RedisStore]:
-    s = RedisStore.from_url(redis_url, clock=clock)
+@pytest.fixture(params=["redis-py", "lean"])
+async def store(
+    redis_url: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[RedisStore]:
+    """On redis-py (the state service's client) and on LeanRedis (the sbc's)."""
+    s = RedisStore.from_url(redis_url, clock=clock, lean=request.param == "lean")
     yield s
     await s.close()
 

@@ -4,6 +4,7 @@ media sessions; several sweepers at once; a sweeper outliving the instance that 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,12 +19,25 @@ pytestmark = pytest.mark.interop
 AOR = "sip:+15550000001@ims.local"
 
 
+@pytest.fixture
+async def store(redis_url: str, clock: FakeClock) -> AsyncIterator[RedisStore]:
+    """Timers are the state service's: on its client, redis-py (the tests look at keys)."""
+    s = RedisStore.from_url(redis_url, clock=clock)
+    yield s
+    await s.close()
+
+
+def peek(store: RedisStore) -> aioredis.Redis:
+    assert isinstance(store.redis, aioredis.Redis)
+    return store.redis
+
+
 async def contacts(store: RedisStore, aor: str = AOR) -> list[str]:
     return [b.contact_uri for b in await store.lookup_bindings(aor)]
 
 
 async def raw_fields(store: RedisStore, key: str) -> int:
-    count: int = await store.redis.hlen(key)
+    count: int = await peek(store).hlen(key)
     return count
 
 
@@ -39,8 +53,8 @@ async def test_binding_expires(store: RedisStore, clock: FakeClock):
     assert await raw_fields(store, keys.registration(AOR)) == 1
     clock.advance(60)
     assert (await store.sweep())["binding"] == 1
-    assert not await store.redis.exists(keys.registration(AOR))
-    assert await store.redis.zcard(keys.timers_for(keys.registration(AOR))) == 0
+    assert not await peek(store).exists(keys.registration(AOR))
+    assert await peek(store).zcard(keys.timers_for(keys.registration(AOR))) == 0
 
 
 async def test_refresh_before_expiry_keeps_the_binding(store: RedisStore, clock: FakeClock):
@@ -64,7 +78,7 @@ async def test_two_sweepers_never_fire_one_timer_twice(redis_url: str, clock: Fa
     clock.advance(31)
     fired = await asyncio.gather(*(s.sweep(limit=2) for s in (a, b, a, b, a, b)))
     assert sum(f["binding"] for f in fired) == n
-    assert [k async for k in a.redis.scan_iter(match="volte:*:reg:*")] == []
+    assert [k async for k in peek(a).scan_iter(match="volte:*:reg:*")] == []
     await a.close()
     await b.close()
 
@@ -76,7 +90,7 @@ async def test_timers_outlive_the_instance_that_armed_them(redis_url: str, clock
     b = RedisStore.from_url(redis_url, clock=clock)
     clock.advance(31)
     assert (await b.sweep())["binding"] == 1
-    assert not await b.redis.exists(keys.registration(AOR))
+    assert not await peek(b).exists(keys.registration(AOR))
     await b.close()
 
 
@@ -114,7 +128,7 @@ async def test_dialog_timers(store: RedisStore, clock: FakeClock):
     assert (await store.sweep())["dialog"] == 0
     clock.advance(31)
     assert (await store.sweep())["dialog"] == 1
-    assert not await store.redis.exists(keys.dialogs("call-1"))
+    assert not await peek(store).exists(keys.dialogs("call-1"))
 
 
 async def test_media_session_expires(store: RedisStore, clock: FakeClock):
@@ -130,10 +144,10 @@ async def test_the_server_sweeps_by_itself(api: Api, store: RedisStore, clock: F
     clock.advance(6)
     key = keys.registration(AOR)
     for _ in range(100):
-        if not await store.redis.exists(key):
+        if not await peek(store).exists(key):
             break
         await asyncio.sleep(0.02)
-    assert not await store.redis.exists(key)
+    assert not await peek(store).exists(key)
 
 
 async def test_redis_ttl_is_only_a_safety_net(store: RedisStore, redis_url: str):

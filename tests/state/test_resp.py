@@ -1,0 +1,150 @@
+"""LeanRedis (the sbc's Redis client) against a real redis-server: replies matched to the
+right callers when many share the connection, scripts reloaded after a flush, errors as
+redis-py's classes, a hung server failing fast, a restarted one reconnected, and a password and
+db taken from the URL. RedisStore's own behaviour on it is test_api.py's, run on both clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import uvloop
+from redis import exceptions as errors
+
+from services.state.resp import LeanRedis
+from tests.state.helpers import RedisProcess
+
+SCRIPT = "return {KEYS[1], ARGV[1]}"
+
+
+Run = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """Each test on asyncio's own loop and on uvloop's (the services run on uvloop)."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def run_on_loop(body: Coroutine[Any, Any, None]) -> None:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(body)
+
+    return run_on_loop
+
+
+def lean(url: str, timeout: float = 0.5) -> LeanRedis:
+    return LeanRedis.from_url(url, timeout=timeout, client_name="test-lean")
+
+
+async def _concurrent_callers_get_their_own_replies(redis_url: str) -> None:
+    client = lean(redis_url)
+    try:
+        assert await client.ping()
+        await asyncio.gather(*(client.set(f"k{i}", f"v{i}", px=60_000) for i in range(200)))
+        got = await asyncio.gather(*(client.get(f"k{i}") for i in range(200)))
+        assert got == [f"v{i}".encode() for i in range(200)]
+        assert await client.get("missing") is None
+        await client.execute_command("HSET", "h", "a", "1", "b", "2")
+        assert await client.hgetall("h") == {b"a": b"1", b"b": b"2"}
+        assert sorted(await client.hvals("h")) == [b"1", b"2"]
+        assert await client.hget("h", "b") == b"2"
+        pipe = client.pipeline()
+        pipe.hvals("h").evalsha("0" * 40, 0)
+        replies = await pipe.execute(raise_on_error=False)
+        assert sorted(replies[0]) == [b"1", b"2"]
+        assert isinstance(replies[1], errors.NoScriptError)
+        with pytest.raises(errors.ResponseError, match="WRONGTYPE"):
+            await client.hvals("k1")
+    finally:
+        await client.aclose()
+
+
+async def _a_script_is_loaded_again_after_a_flush(redis_url: str) -> None:
+    client = lean(redis_url)
+    script = client.register_script(SCRIPT)
+    try:
+        assert await script(keys=["a"], args=[1]) == [b"a", b"1"]
+        await client.execute_command("SCRIPT", "FLUSH")
+        assert await script(keys=["b"], args=["x"]) == [b"b", b"x"]
+    finally:
+        await client.aclose()
+
+
+async def _a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(
+    tmp_path: Path,
+) -> None:
+    server = RedisProcess(tmp_path)
+    server.start()
+    client = lean(server.url, timeout=0.3)
+    try:
+        assert await client.ping()
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(client.ping(), client.get("x"),
+                                           return_exceptions=True)
+            assert all(isinstance(r, errors.TimeoutError) for r in results), results
+            assert time.monotonic() - started < 1.0
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await client.ping()  # a new connection: the old one was aborted
+        server.stop()
+        with pytest.raises(errors.ConnectionError):
+            await client.ping()
+        server.start()
+        assert await client.ping()
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def _password_and_db_from_the_url(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path)
+    server.start()
+    with redis.Redis(port=server.port) as admin:
+        admin.config_set("requirepass", "s3cret")
+    try:
+        wrong = lean(f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(errors.AuthenticationError):
+            await wrong.ping()
+        await wrong.aclose()
+        client = lean(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        await client.set("where", "db3")
+        with redis.Redis(port=server.port, password="s3cret", db=3) as check:
+            assert check.get("where") == b"db3"
+            assert "test-lean" in {c["name"] for c in check.client_list()}
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+def test_only_standalone_urls() -> None:
+    for url in ("rediss://h:1/0", "redis+sentinel://h:1/volte", "redis+cluster://h:1"):
+        with pytest.raises(ValueError, match="redis:// and unix://"):
+            lean(url)
+
+
+def test_concurrent_callers_get_their_own_replies(run: Run, redis_url: str) -> None:
+    run(_concurrent_callers_get_their_own_replies(redis_url))
+
+
+def test_a_script_is_loaded_again_after_a_flush(run: Run, redis_url: str) -> None:
+    run(_a_script_is_loaded_again_after_a_flush(redis_url))
+
+
+def test_a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(
+    run: Run, tmp_path: Path
+) -> None:
+    run(_a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(tmp_path))
+
+
+def test_password_and_db_from_the_url(run: Run, tmp_path: Path) -> None:
+    run(_password_and_db_from_the_url(tmp_path))
