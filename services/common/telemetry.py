@@ -16,10 +16,11 @@ import socket
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO, Any
 from wsgiref.simple_server import WSGIServer
 
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
@@ -125,3 +126,29 @@ def setup_telemetry(
     if metrics_port:
         server, _thread = start_http_server(metrics_port, addr=metrics_host, registry=registry)
     return Telemetry(tracer_provider, meter_provider, server)
+
+
+class current_span:  # lower case: used like the context manager function it replaces
+    """`with current_span(tracer, name) as span:` a new span, the current one while the block
+    runs (its children's parent, its ids in the logs), ended after it; an exception escaping
+    the block is recorded on it. What tracer.start_as_current_span does, without its two
+    generator-based context managers, which cost the sbc a noticeable share of its CPU per call.
+    """
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, tracer: trace.Tracer, name: str) -> None:
+        self.span = tracer.start_span(name)
+
+    def __enter__(self) -> trace.Span:
+        self.token = context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        context.detach(self.token)
+        if isinstance(exc, Exception):
+            self.span.record_exception(exc)
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}"))
+        self.span.end()

@@ -25,6 +25,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
+from services.common.telemetry import current_span
 from services.sbc.bearer_client import BearerClient, BearerUnavailable, NotAttached
 from services.sbc.bearer_policy import (
     PRECONDITION_FAILURE,
@@ -115,6 +116,7 @@ class ProxyContext:
     offer_leg: media_pb2.Leg = CALLER  # who sent the SDP offer of this transaction
     initial: bool = True  # a dialog-creating request, not one inside a dialog
     token: FlowToken | None = None  # for in-dialog requests: what our Route said
+    caller: Hop | None = None  # where the request came from, once asked (Sbc._caller)
 
     def was_cancelled(self) -> bool:
         """Read anew after an await (a CANCEL may have come meanwhile)."""
@@ -302,7 +304,7 @@ class Sbc:
     # -- the routing script --------------------------------------------------------------------
     async def _handle(self, request: Request, tx: ServerTx, source: Source) -> None:
         started = time.monotonic()
-        with tracer.start_as_current_span(f"SIP {request.method}") as span:
+        with current_span(tracer, f"SIP {request.method}") as span:
             span.set_attribute("sip.call_id", request.call_id)
             try:
                 await self._route(request, tx, source, started)
@@ -520,8 +522,10 @@ class Sbc:
 
     @staticmethod
     def _caller(ctx: ProxyContext) -> Hop:
-        contacts = ctx.request.contacts
-        return Hop.of(ctx.source, contact_address(contacts[0].uri) if contacts else None)
+        if ctx.caller is None:
+            contacts = ctx.request.contacts
+            ctx.caller = Hop.of(ctx.source, contact_address(contacts[0].uri) if contacts else None)
+        return ctx.caller
 
     def _toward_ue(self, hop: Hop) -> bool:
         return self.next_hop is None or hop.address != self.next_hop.address

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 
+from services.common.telemetry import current_span
 from services.state.service import BACKEND_ERRORS, StateApi, Throttled, failure_status
 from services.state.store import RedisStore
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
@@ -153,7 +154,7 @@ class DirectStateClient(StateClient):
         return True
 
     async def _invoke(self, method: str, request: Any) -> Any:
-        with tracer.start_as_current_span(f"StateStore/{method}"):
+        with current_span(tracer, f"StateStore/{method}"):
             try:
                 async with asyncio.timeout(self.timeout):
                     return await getattr(self.api, method)(request)

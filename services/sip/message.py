@@ -60,6 +60,10 @@ _REASON_BAD_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # Reason-Phrase allows
 _MAY_BE_EMPTY = frozenset(("supported", "allow", "accept", "accept-encoding", "accept-language"))
 
 
+def _parse_one_contact(value: str) -> list[NameAddr] | None:
+    return parse_contacts([value])
+
+
 def _parse_top_via(value: str) -> Via:
     return parse_via(value if "," not in value else split_commas(value)[0])
 
@@ -129,8 +133,12 @@ class Message:
 
     @property
     def contacts(self) -> list[NameAddr] | None:
-        """Contact values; None for the wildcard `*`."""
-        return parse_contacts(self.headers.values("contact"))
+        """Contact values; None for the wildcard `*`. One Contact header (the usual case) is
+        parsed once; treat the list as read-only."""
+        values = self.headers.values("contact")
+        if len(values) == 1:
+            return self._cached("contact", values[0], _parse_one_contact)
+        return parse_contacts(values)
 
     def name_addrs(self, name: str) -> list[NameAddr]:
         """Route, Record-Route, Path, Service-Route, P-Asserted-Identity..."""

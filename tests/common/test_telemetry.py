@@ -8,10 +8,19 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from services.common.telemetry import JsonFormatter, Telemetry, setup_logging, setup_telemetry
+from services.common.telemetry import (
+    JsonFormatter,
+    Telemetry,
+    current_span,
+    setup_logging,
+    setup_telemetry,
+)
 
 
 def free_port() -> int:
@@ -98,3 +107,22 @@ def test_log_line_carries_the_current_span() -> None:
         context = span.get_span_context()
     assert line["trace_id"] == f"{context.trace_id:032x}"
     assert line["span_id"] == f"{context.span_id:016x}"
+
+
+def test_current_span_is_the_parent_of_what_runs_inside_and_records_failures() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    record = logging.makeLogRecord({"msg": "in a span", "levelname": "INFO"})
+    with current_span(tracer, "SIP INVITE") as outer, current_span(tracer, "StateStore/Route"):
+        line = json.loads(JsonFormatter("sbc").format(record))
+    assert not trace.get_current_span().get_span_context().is_valid  # detached again
+    with pytest.raises(ValueError), current_span(tracer, "SIP BYE"):
+        raise ValueError("bad")
+    inner, sip, failed = exporter.get_finished_spans()
+    assert inner.parent is not None and inner.parent.span_id == sip.context.span_id
+    assert sip.context.span_id == outer.get_span_context().span_id and sip.parent is None
+    assert line["span_id"] == f"{inner.context.span_id:016x}"
+    assert failed.status.status_code is trace.StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
