@@ -4,14 +4,16 @@
   service name, level, logger, message, any `extra=` fields and the current trace/span ids.
 - Metrics: an OpenTelemetry MeterProvider whose reader is the Prometheus exporter, served by
   prometheus_client's HTTP server at /metrics on `metrics_port` (0 turns the endpoint off).
-- Traces: an OpenTelemetry TracerProvider with the same resource. Span ids already reach the
-  logs; exporting spans needs an exporter, which is added when a collector is deployed.
+- Traces: an OpenTelemetry TracerProvider with the same resource. Span ids reach the logs;
+  1 trace in 100 is recorded (OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose otherwise);
+  exporting spans needs an exporter, which is added when a collector is deployed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -25,9 +27,15 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from services import __version__
+
+# Traces recorded unless OTEL_TRACES_SAMPLER says otherwise: 1 in 100, and what a sampled
+# caller's trace context asks for.
+DEFAULT_TRACE_RATIO = 0.01
+DEFAULT_SAMPLER = ParentBased(TraceIdRatioBased(DEFAULT_TRACE_RATIO))
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -115,7 +123,11 @@ def setup_telemetry(
             "service.instance.id": socket.gethostname(),
         }
     )
-    tracer_provider = TracerProvider(resource=resource)
+    # Spans of a sampled trace are recorded; the others keep their ids (logs, propagation)
+    # at a fraction of the CPU. OpenTelemetry's OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
+    # choose otherwise (always_on: every transaction).
+    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else DEFAULT_SAMPLER
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     meter_provider = MeterProvider(
         resource=resource, metric_readers=[PrometheusMetricReader(registry=registry)]
     )

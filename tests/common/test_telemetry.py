@@ -126,3 +126,23 @@ def test_current_span_is_the_parent_of_what_runs_inside_and_records_failures() -
     assert line["span_id"] == f"{inner.context.span_id:016x}"
     assert failed.status.status_code is trace.StatusCode.ERROR
     assert [e.name for e in failed.events] == ["exception"]
+
+
+def test_one_trace_in_a_hundred_is_recorded_unless_otel_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def recorded(sampler_env: str | None) -> int:
+        if sampler_env is None:
+            monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+        else:
+            monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler_env)
+        telemetry = setup_telemetry(
+            "test-svc", metrics_port=0, registry=CollectorRegistry(), set_global=False
+        )
+        tracer = telemetry.tracer_provider.get_tracer("test")
+        spans = [tracer.start_span("SIP INVITE") for _ in range(2000)]
+        assert all(s.get_span_context().is_valid for s in spans)  # ids for the logs, always
+        return sum(s.is_recording() for s in spans)
+
+    assert 0 < recorded(None) < 60  # about 20
+    assert recorded("always_on") == 2000
