@@ -6,8 +6,12 @@ Everything here works on already unfolded header values (str); errors are ParseE
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from services.sip.errors import ParseError
+
+T = TypeVar("T")
 
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
 TOKEN_RE = re.compile(f"[{TOKEN_CHARS}]+")
@@ -118,3 +122,27 @@ def unescape(text: str) -> str:
     raw = text.encode("utf-8", "surrogateescape")
     raw = _ESCAPE_RE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
     return raw.decode("utf-8", "surrogateescape")
+
+
+def memoized(size: int = 4096) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
+    """Remembers a parser's results by the text parsed, forgetting all at `size` entries (the
+    texts come from peers: bounded). For parsers of immutable values (frozen dataclasses whose
+    params no one changes): the same URI or From header is parsed once, not in every message
+    of every call. A text that does not parse raises each time."""
+
+    def wrap(parse: Callable[[str], T]) -> Callable[[str], T]:
+        cache: dict[str, T] = {}
+
+        def cached(text: str) -> T:
+            value = cache.get(text)
+            if value is None:
+                value = parse(text)
+                if len(cache) >= size:
+                    cache.clear()
+                cache[text] = value
+            return value
+
+        cached.__doc__, cached.__name__ = parse.__doc__, parse.__name__
+        return cached
+
+    return wrap

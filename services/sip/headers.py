@@ -11,6 +11,7 @@ from services.sip.grammar import (
     TOKEN_CHARS,
     Params,
     is_token,
+    memoized,
     parse_params,
     quote,
     quoted_string_end,
@@ -278,6 +279,7 @@ def make_display(text: str) -> str:
 _DISPLAY_TOKENS_RE = re.compile(rf"[{TOKEN_CHARS}]+(?:[ \t]+[{TOKEN_CHARS}]+)*")
 
 
+@memoized()
 def parse_name_addr(value: str) -> NameAddr:
     v = value.strip(" \t")
     display: str | None = None

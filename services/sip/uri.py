@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from services.sip.errors import ParseError
-from services.sip.grammar import Params, check_escapes, render_params, unescape
+from services.sip.grammar import Params, check_escapes, memoized, render_params, unescape
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # RFC 3261: user = 1*( unreserved / escaped / user-unreserved )
@@ -121,6 +121,7 @@ class URI:
         )
 
 
+@memoized()
 def parse_uri(text: str) -> URI:
     scheme, sep, rest = text.partition(":")
     if not sep or _SCHEME_RE.fullmatch(scheme) is None:

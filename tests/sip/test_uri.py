@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.sip import URI, ParseError, parse_uri
+from services.sip.grammar import memoized
 
 
 def test_full_sip_uri() -> None:
@@ -268,3 +269,26 @@ def test_render_reparses_equal(text: str) -> None:
         uri.user, uri.password, uri.host, uri.port,
     )  # fmt: skip
     assert again.params == uri.params and again.headers == uri.headers
+
+
+def test_parsed_uris_are_remembered_within_bounds_and_bad_ones_are_not() -> None:
+    calls: list[str] = []
+
+    @memoized(size=3)
+    def parse(text: str) -> tuple[str, ...]:
+        calls.append(text)
+        if text == "bad":
+            raise ParseError("bad")
+        return tuple(text)
+
+    assert parse("ab") is parse("ab") and calls == ["ab"]  # once, then the same value
+    for _ in range(2):
+        with pytest.raises(ParseError):
+            parse("bad")
+    assert calls == ["ab", "bad", "bad"]
+    parse("c"), parse("d"), parse("e")  # the fourth distinct text empties the memory
+    parse("ab")
+    assert calls[-1] == "ab" and len(calls) == 7
+    assert parse_uri("sip:alice@example.com;transport=tcp") is parse_uri(
+        "sip:alice@example.com;transport=tcp"
+    )
