@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -89,6 +90,6 @@ class SbcConfig:
     def digest_algorithm_list(self) -> list[str]:
         return [a.strip().upper() for a in self.digest_algorithms.split(",") if a.strip()]
 
-    @property
-    def instance(self) -> str:
+    @functools.cached_property
+    def instance(self) -> str:  # asked for on every dialog stored: worked out once
         return self.instance_id or _default_instance()
