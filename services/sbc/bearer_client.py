@@ -57,9 +57,9 @@ class BearerClient:
             codec_bps=CODEC_BPS,
             ptime_ms=PTIME_MS,
         )
-        known = self.not_attached.get(imsi)
-        if known is not None and known[0] > self.clock():
-            raise NotAttached(known[1])
+        why = self.remembered_not_attached(imsi)
+        if why is not None:
+            raise NotAttached(why)
         try:
             reply = await self.stub.SetupBearer(
                 request, timeout=self.timeout, metadata=trace_metadata()
@@ -72,6 +72,12 @@ class BearerClient:
             raise BearerUnavailable(why) from None
         self.not_attached.pop(imsi, None)
         return str(reply.bearer.bearer_id)
+
+    def remembered_not_attached(self, imsi: str) -> str | None:
+        """Why the UE had no bearer when last asked, if that was NOT_FOUND a short while
+        ago (it is not asked again until NOT_ATTACHED_SECONDS have passed)."""
+        known = self.not_attached.get(imsi)
+        return known[1] if known is not None and known[0] > self.clock() else None
 
     def _not_attached(self, imsi: str, why: str) -> None:
         now = self.clock()

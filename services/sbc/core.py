@@ -893,9 +893,14 @@ class Sbc:
         dialog = common_pb2.DialogId(
             call_id=call_id, from_tag=ctx.request.from_.tag or "", to_tag=response.to.tag or ""
         )
-        answers = await asyncio.gather(
-            *(self.bearers.setup(imsi, dialog) for _, imsi in ues), return_exceptions=True
-        )
+        remembered = [self.bearers.remembered_not_attached(imsi) for _, imsi in ues]
+        answers: list[str | BaseException]
+        if all(remembered):  # no RPC to make (plain SIP UEs): no tasks to gather either
+            answers = [NotAttached(why or "") for why in remembered]
+        else:
+            answers = await asyncio.gather(
+                *(self.bearers.setup(imsi, dialog) for _, imsi in ues), return_exceptions=True
+            )
         decision = decide(policy, [
             BearerOutcome(ue, imsi, answer) if isinstance(answer, str)
             else BearerOutcome(ue, imsi, error=str(answer),

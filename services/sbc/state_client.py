@@ -154,9 +154,14 @@ class DirectStateClient(StateClient):
         return True
 
     async def _invoke(self, method: str, request: Any) -> Any:
+        if not trace.get_current_span().is_recording():  # a trace not sampled: no child span
+            return await self._run(method, request)
         with current_span(tracer, f"StateStore/{method}"):
-            try:
-                async with asyncio.timeout(self.timeout):
-                    return await getattr(self.api, method)(request)
-            except Exception as exc:
-                raise failure(*failure_status(method, exc, self._unavailable)) from None
+            return await self._run(method, request)
+
+    async def _run(self, method: str, request: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await getattr(self.api, method)(request)
+        except Exception as exc:
+            raise failure(*failure_status(method, exc, self._unavailable)) from None
