@@ -481,9 +481,12 @@ def main() -> int:
         resources.callback(bench.stop_answering)
         try:
             stack1, pids1 = resources.enter_context(volte_stack(workdir, 1))
+            # Shared memory for the transactions that linger (tm's wait and final-response
+            # timers): with 128 MB Kamailio ran out at 1,000 cps ("out of mem" in build_cell,
+            # 500s to the callers) long before its CPU did.
             server = kam.Kamailio(KAMAILIO_CFG, udp_port(), workdir,
                                   defines={"DOMAIN": f'"{DOMAIN}"', "PASSWORD": f'"{PASSWORD}"'},
-                                  children=1, shm_mb=128)
+                                  children=1, shm_mb=1024)
             server.start()
             resources.callback(server.stop)
             stack2, pids2 = resources.enter_context(volte_stack(workdir, 2))
