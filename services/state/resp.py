@@ -8,9 +8,10 @@ non-transactional pipelines. Every caller's commands go down one connection as t
 Redis answers in order, so replies are matched to a queue of futures (hiredis parses them).
 
 Its errors are redis-py's exception classes, so RedisStore and its callers handle both clients
-alike. When the oldest command has waited `timeout` seconds for its reply the connection is
-aborted: every command on it fails with TimeoutError (a hung server, as redis-py's socket
-timeout does), and the next command connects anew.
+alike. When a command has waited `timeout` seconds for its reply and nothing at all came from
+Redis meanwhile, the connection is aborted: every command on it fails with TimeoutError (a
+hung server, as redis-py's socket timeout does), and the next command connects anew. A busy
+worker whose replies queue up behind its own work does not count as a hung server.
 """
 
 from __future__ import annotations
@@ -67,11 +68,14 @@ class _Connection(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.loop = asyncio.get_running_loop()
+        self.reads = 0  # data_received calls so far: has Redis said anything since ...?
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         self.reader.feed(data)
         try:
             while (reply := self.reader.gets()) is not False:
@@ -96,8 +100,23 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def expire(self, future: asyncio.Future[Any], timeout: float) -> None:
-        if not future.done():
+    def watch(self, future: asyncio.Future[Any], timeout: float) -> asyncio.TimerHandle:
+        """Declares the connection hung if `future` has no reply after `timeout` seconds and
+        nothing at all came from Redis meanwhile."""
+        return self.loop.call_later(timeout, self._expire, future, timeout, self.reads, 2)
+
+    def _expire(self, future: asyncio.Future[Any], timeout: float, reads: int, hops: int) -> None:
+        if future.done():
+            return
+        if self.reads != reads:
+            # Redis is answering (the deep pipeline of a busy worker, or one slow script):
+            # not a hung server. That command's caller has its own deadline; look again later.
+            self.loop.call_later(timeout, self._expire, future, timeout, self.reads, 2)
+        elif hops:
+            # The timer may have run before the loop read what is waiting in the socket (a
+            # loop that was blocked): decide after the loop has polled I/O, twice to be sure.
+            self.loop.call_soon(self._expire, future, timeout, reads, hops - 1)
+        else:
             self.fail(errors.TimeoutError(f"no reply from Redis within {timeout:g} s"))
 
 
@@ -191,7 +210,7 @@ class LeanRedis:
         connection.waiting.extend(futures)
         assert connection.transport is not None
         connection.transport.write(b"".join(map(_pack, commands)))
-        watchdog = loop.call_later(self.timeout, connection.expire, futures[-1], self.timeout)
+        watchdog = connection.watch(futures[-1], self.timeout)
         try:
             return [await future for future in futures]
         except BaseException:

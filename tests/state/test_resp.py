@@ -18,7 +18,7 @@ import redis
 import uvloop
 from redis import exceptions as errors
 
-from services.state.resp import LeanRedis
+from services.state.resp import LeanRedis, _Connection
 from tests.state.helpers import RedisProcess
 
 SCRIPT = "return {KEYS[1], ARGV[1]}"
@@ -37,6 +37,10 @@ def run(request: pytest.FixtureRequest) -> Run:
             runner.run(body)
 
     return run_on_loop
+
+
+def lost(connection: _Connection) -> bool:
+    return connection.lost
 
 
 def lean(url: str, timeout: float = 0.5) -> LeanRedis:
@@ -106,6 +110,34 @@ async def _a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(
         server.stop()
 
 
+async def _a_worker_too_busy_to_read_is_not_a_hung_server(redis_url: str) -> None:
+    """The watchdog's rule, driven directly (which callback a loop runs first when it was
+    blocked differs between loops): a command past its timeout aborts the connection only if
+    nothing at all came from Redis since it was sent, and only after the loop has polled."""
+    client = lean(redis_url, timeout=0.2)
+    try:
+        assert await client.ping()
+        connection = client._connection
+        assert connection is not None
+        waiting = asyncio.get_running_loop().create_future()
+        connection.waiting.append(waiting)  # a command sent, its reply not read
+        # Replies came meanwhile (a busy worker's deep pipeline): looked at again later.
+        connection._expire(waiting, 0.2, connection.reads - 1, 2)
+        await asyncio.sleep(0.05)
+        assert not lost(connection) and not waiting.done()
+        # Nothing came: after two more turns of the loop, the connection is given up.
+        connection._expire(waiting, 0.2, connection.reads, 2)
+        assert not lost(connection)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert lost(connection)
+        with pytest.raises(errors.TimeoutError):
+            await waiting
+        assert await client.ping()  # connected anew
+    finally:
+        await client.aclose()
+
+
 async def _password_and_db_from_the_url(tmp_path: Path) -> None:
     server = RedisProcess(tmp_path)
     server.start()
@@ -144,6 +176,10 @@ def test_a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(
     run: Run, tmp_path: Path
 ) -> None:
     run(_a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(tmp_path))
+
+
+def test_a_worker_too_busy_to_read_is_not_a_hung_server(run: Run, redis_url: str) -> None:
+    run(_a_worker_too_busy_to_read_is_not_a_hung_server(redis_url))
 
 
 def test_password_and_db_from_the_url(run: Run, tmp_path: Path) -> None:
