@@ -36,6 +36,7 @@ from services import __version__
 from services.common.config import (
     MISSING,
     add_options,
+    one_of,
     option,
     parse_ip,
     parse_ip_or_empty,
@@ -128,20 +129,8 @@ def _redis_url(text: str) -> str:
 
 
 
-def _one_of(*choices: str) -> Callable[[str], str]:
-    """A parser for an option taking one of `choices` (any case)."""
-
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in choices:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}: {text!r}")
-        return value
-
-    return parse
-
-
-_fastpath = _one_of(*MEDIA_FASTPATHS)
-_sbc_state = _one_of("redis", "grpc")
+_fastpath = one_of(*MEDIA_FASTPATHS)
+_sbc_state = one_of("redis", "grpc")
 
 
 def _nonempty(text: str) -> str:

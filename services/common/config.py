@@ -74,6 +74,18 @@ def parse_positive_float(text: str) -> float:
     return value
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A parser for an option taking one of `choices` (any case, spaces around ignored)."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}: {text!r}")
+        return value
+
+    return parse
+
+
 _PARSERS: dict[object, Callable[[str], Any]] = {
     str: str,
     int: int,

@@ -9,7 +9,13 @@ import os
 import socket
 from dataclasses import dataclass
 
-from services.common.config import option, parse_ip, parse_ip_or_empty, parse_positive_float
+from services.common.config import (
+    one_of,
+    option,
+    parse_ip,
+    parse_ip_or_empty,
+    parse_positive_float,
+)
 from services.media.fastpath import KINDS
 
 
@@ -40,11 +46,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _fastpath(text: str) -> str:
-    value = text.strip().lower()
-    if value not in KINDS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(KINDS)}: {text!r}")
-    return value
+_fastpath = one_of(*KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,10 +18,11 @@ until the BYE, and a call that went on best-effort stays so.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from services.common.config import one_of
 
 BEST_EFFORT = "best-effort"
 REQUIRED = "required"
@@ -32,12 +33,7 @@ FAILED = "QCI-1 bearer setup failed"
 Side = Literal["caller", "callee"]
 
 
-def parse_policy(text: str) -> str:
-    """A --bearer-policy / VOLTE_BEARER_POLICY value."""
-    value = text.strip().lower()
-    if value not in POLICIES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(POLICIES)}: {text!r}")
-    return value
+parse_policy = one_of(*POLICIES)  # a --bearer-policy / VOLTE_BEARER_POLICY value
 
 
 @dataclass(frozen=True, slots=True)
