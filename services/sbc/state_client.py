@@ -12,18 +12,18 @@ the sbc answers with 503 — never a hang.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 
 from services.common.telemetry import current_span
-from services.state.service import BACKEND_ERRORS, StateApi, Throttled, failure_status
+from services.state.connect import client_name
+from services.state.service import StateApi, Throttled, failure_status, redis_problem
 from services.state.store import RedisStore
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
 
-T = TypeVar("T")
 TRANSPORTS = {"UDP": common_pb2.SIP_TRANSPORT_UDP, "TCP": common_pb2.SIP_TRANSPORT_TCP}
 tracer = trace.get_tracer("volte.sbc.state")
 
@@ -137,8 +137,7 @@ class DirectStateClient(StateClient):
         # Each Redis reply gets half the budget, so a dead connection fails in time for
         # the 503 rather than at the deadline.
         store = RedisStore.from_url(
-            url, timeout=timeout / 2, client_name="volte-sbc-" + "_".join(instance.split()),
-            lean=True,
+            url, timeout=timeout / 2, client_name=client_name("sbc", instance), lean=True
         )
         return cls(store, timeout)
 
@@ -146,12 +145,7 @@ class DirectStateClient(StateClient):
         await self.store.close()
 
     async def serving(self) -> bool:
-        try:
-            async with asyncio.timeout(1.0):
-                await self.store.ping()
-        except BACKEND_ERRORS:
-            return False
-        return True
+        return not await redis_problem(self.store, 1.0)
 
     async def _invoke(self, method: str, request: Any) -> Any:
         if not trace.get_current_span().is_recording():  # a trace not sampled: no child span

@@ -69,6 +69,11 @@ def check_url(url: str) -> str:
     return url
 
 
+def client_name(service: str, instance: str) -> str:
+    """What a service's connections are called in Redis's CLIENT LIST."""
+    return f"volte-{service}-" + "_".join(instance.split())
+
+
 def connect(
     url: str, *, timeout: float = 0.5, client_name: str | None = None, lean: bool = False
 ) -> RedisClient:

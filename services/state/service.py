@@ -22,7 +22,7 @@ from opentelemetry import metrics, propagate, trace
 from services.common.config import option
 from services.common.health import HealthReporter, add_health
 from services.common.telemetry import setup_telemetry
-from services.state.connect import check_url
+from services.state.connect import check_url, client_name
 from services.state.rules import Conflict, InvalidArgument
 from services.state.store import RedisStore
 from volte.v1 import state_pb2, state_pb2_grpc
@@ -99,6 +99,17 @@ class Throttled:
 
 
 tracer = trace.get_tracer("volte.state")
+
+
+async def redis_problem(store: RedisStore, timeout: float) -> str:
+    """Why Redis does not answer a PING within `timeout` seconds; "" when it does (the state
+    service's health and the sbc's readiness with --state-redis)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await store.ping()
+    except BACKEND_ERRORS as exc:
+        return str(exc) or type(exc).__name__
+    return ""
 
 
 def failure_status(method: str, exc: Exception, unavailable: Throttled) -> tuple[str, str]:
@@ -327,12 +338,8 @@ class StateServer:
     async def _check_health(self, health: HealthReporter) -> None:
         up: bool | None = None
         while not self._stopping:
-            try:
-                async with asyncio.timeout(self.deadline):
-                    await self.store.ping()
-                ok, error = True, ""
-            except BACKEND_ERRORS as exc:
-                ok, error = False, str(exc) or type(exc).__name__
+            error = await redis_problem(self.store, self.deadline)
+            ok = not error
             if ok != up:
                 if ok:
                     log.info("Redis reachable: SERVING")
@@ -379,7 +386,7 @@ async def serve(config: StateConfig, *, stop: asyncio.Event | None = None) -> in
     store = RedisStore.from_url(
         config.redis,
         timeout=config.redis_timeout,
-        client_name="volte-state-" + "_".join(config.instance_id.split()),
+        client_name=client_name("state", config.instance_id),
         early_dialog_timeout=config.early_dialog_timeout,
     )
     server = StateServer(
