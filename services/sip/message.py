@@ -182,12 +182,12 @@ class Message:
         repeated: str | None = None
         empty: HeaderField | None = None
         for f in h:
-            key = f.key
+            key = f[0]
             if key in SINGLE_HEADERS:
                 if key in seen and repeated is None:
                     repeated = key
             elif (
-                empty is None and f.value == "" and key in LIST_HEADERS
+                empty is None and f[2] == "" and key in LIST_HEADERS
                 and key not in _MAY_BE_EMPTY
             ):
                 empty = f
@@ -195,7 +195,7 @@ class Message:
         if repeated is not None:
             raise ParseError(f"more than one {repeated.title()} header")
         if empty is not None:
-            raise ParseError(f"empty {empty.name} header")
+            raise ParseError(f"empty {empty[1]} header")
         self.vias, self.from_, self.to, self.cseq  # noqa: B018 - parsing is the check
         word, at, host = self.call_id.partition("@")
         if WORD_RE.fullmatch(word) is None or (at and WORD_RE.fullmatch(host) is None):
@@ -357,7 +357,7 @@ def _parse(data: bytes, limits: ParserLimits) -> Request | Response:
     else:
         msg = _parse_request_line(start, headers, body)
 
-    keys = {f.key for f in headers}
+    keys = {f[0] for f in headers}
     if not keys >= _MANDATORY:
         missing = sorted(_MANDATORY - keys)
         raise ParseError(f"missing {', '.join(k.title() for k in missing)} header")
@@ -389,7 +389,7 @@ def _split_fields(rest: str, limits: ParserLimits) -> list[HeaderField]:
     if "\r\n " not in rest and "\r\n\t" not in rest:
         found = _FIELD_RE.findall(rest)
         if len(found) == rest.count("\r\n"):
-            fields = [HeaderField(_key(n), n, v.rstrip(" \t"), r) for r, n, v in found]
+            fields = [(_key(n), n, v.rstrip(" \t"), r) for r, n, v in found]
             if len(rest) > limits.max_line_length and any(
                 len(r) > limits.max_line_length for r, _, _ in found
             ):
@@ -410,9 +410,9 @@ def _split_fields_slow(lines: list[str], limits: ParserLimits) -> list[HeaderFie
         if line[:1] in (" ", "\t"):  # folded continuation (RFC 3261 section 7.3.1)
             if not fields:
                 raise ParseError("continuation line before the first header")
-            last = fields[-1]
-            last.value = (last.value + " " + line.strip(" \t")).strip(" \t")
-            last.raw = f"{last.raw}\r\n{line}"
+            key, name, value, raw = fields[-1]
+            value = (value + " " + line.strip(" \t")).strip(" \t")
+            fields[-1] = (key, name, value, f"{raw}\r\n{line}")
             continue
         name, colon, value = line.partition(":")
         if not colon:
@@ -420,7 +420,7 @@ def _split_fields_slow(lines: list[str], limits: ParserLimits) -> list[HeaderFie
         name = name.rstrip(" \t")
         if _HEADER_NAME_RE.fullmatch(name) is None:
             raise ParseError("bad header name")
-        fields.append(HeaderField(_key(name), name, value.strip(" \t"), line))
+        fields.append((_key(name), name, value.strip(" \t"), line))
     return fields
 
 
@@ -473,9 +473,9 @@ def make_response(
     To copied with `to_tag` added unless it already has one (never for 100 Trying)."""
     h = request.headers
     out = Headers()
-    for f in h:
-        if f.key == "via":
-            out.add(f.name, f.value)
+    for key, name, value, _ in h:
+        if key == "via":
+            out.add(name, value)
     to_value = h.get("to") or ""
     if to_tag and status != 100 and "tag" not in request.to.params:
         to_value = f"{to_value};tag={to_tag}"

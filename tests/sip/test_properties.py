@@ -101,11 +101,11 @@ def exercise(msg: Request | Response) -> None:
             uri.equals(uri)
             uri.param("lr")
             _ = uri.user_unescaped
-    for field in list(msg.headers):
+    for _, name, _, _ in list(msg.headers):
         with suppress(ParseError):
-            msg.headers.values(field.name)
+            msg.headers.values(name)
         with suppress(ParseError):
-            msg.headers.first_value(field.name)
+            msg.headers.first_value(name)
     for name in ("route", "record-route", "path"):
         with suppress(ParseError):
             msg.name_addrs(name)
