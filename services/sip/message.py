@@ -80,6 +80,10 @@ class Message:
         # has a new text object, so a stale entry is never returned.
         self._parsed: dict[str, tuple[str, Any]] = {}
 
+    def forget_parsed(self) -> None:
+        """Drop the values parsed out of the headers (a message kept long but seldom read)."""
+        self._parsed = {}
+
     def _cached(self, key: str, text: str, parse: Callable[[str], T]) -> T:
         hit = self._parsed.get(key)
         if hit is not None and hit[0] is text:

@@ -226,6 +226,8 @@ class Machine(Generic[S]):
 
     Entering a state arms its timers that the previous state did not run and cancels the
     previous state's timers that it does not run, so the timer rules live here too.
+    `lingering` are the states that only absorb retransmissions until a timer ends them
+    (up to 32 s over UDP): their messages drop what was parsed out of them (see _enter).
     """
 
     name: str
@@ -233,6 +235,7 @@ class Machine(Generic[S]):
     terminated: S
     transitions: Mapping[S, Mapping[Trigger, tuple[S, Do]]]
     timers: Mapping[S, frozenset[Timer]]
+    lingering: frozenset[S]
 
 
 class InviteClientState(_Enum):
@@ -318,6 +321,7 @@ INVITE_CLIENT = Machine(
         _ICS.COMPLETED: frozenset({Timer.D}),
         _ICS.TERMINATED: _NONE,
     },
+    lingering=frozenset({_ICS.ACCEPTED, _ICS.COMPLETED}),
 )
 
 # RFC 3261 figure 6.
@@ -357,6 +361,7 @@ NON_INVITE_CLIENT = Machine(
         _NICS.COMPLETED: frozenset({Timer.K}),
         _NICS.TERMINATED: _NONE,
     },
+    lingering=frozenset({_NICS.COMPLETED}),
 )
 
 # RFC 3261 figure 7 as corrected by RFC 6026 figure 7.
@@ -402,6 +407,7 @@ INVITE_SERVER = Machine(
         _ISS.CONFIRMED: frozenset({Timer.I}),
         _ISS.TERMINATED: _NONE,
     },
+    lingering=frozenset({_ISS.ACCEPTED, _ISS.COMPLETED, _ISS.CONFIRMED}),
 )
 
 # RFC 3261 figure 8.
@@ -439,6 +445,7 @@ NON_INVITE_SERVER = Machine(
         _NISS.COMPLETED: frozenset({Timer.J}),
         _NISS.TERMINATED: _NONE,
     },
+    lingering=frozenset({_NISS.COMPLETED}),
 )
 
 
@@ -693,6 +700,12 @@ class Transaction(Generic[S]):
             else:
                 self._deadlines[timer] = now + duration
                 self._intervals[timer] = duration
+        if self._state in self.machine.lingering:
+            # Kept this long, the parsed values would survive into the garbage collector's
+            # older generations, to be walked again and again: parsed anew if ever asked for.
+            for message in (self.request, self._outgoing, self._ack):
+                if message is not None:
+                    message.forget_parsed()
         out: list[Action] = []
         if self.terminated:
             out.append(Terminated(self.key, self))

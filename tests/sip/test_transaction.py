@@ -726,6 +726,23 @@ def test_non_invite_server_completed_resends_final_and_timer_j() -> None:
     assert run(tx, 100.0) == [(33.0, Terminated(tx.key, tx))]
 
 
+def test_lingering_transactions_drop_what_was_parsed_and_still_work() -> None:
+    """A transaction that only absorbs retransmissions (up to 32 s) lets go of the values
+    parsed out of its messages; they are parsed again, equal, when asked for, and what it
+    resends is unchanged."""
+    tx = NonInviteServerTransaction(register())
+    tx.start(0.0)
+    ok = make_response(tx.request, 200, to_tag="r1")
+    parsed_via, parsed_cseq = tx.request.top_via, ok.cseq
+    wire = bytes(ok)
+    tx.send_response(ok, 1.0)
+    assert tx.state is NonInviteServerState.COMPLETED
+    assert tx.request.top_via is not parsed_via and tx.request.top_via == parsed_via
+    assert ok.cseq is not parsed_cseq and ok.cseq == parsed_cseq
+    assert tx.receive_request(register(), 2.0) == [Send(ok, tx)]
+    assert bytes(ok) == wire and ok.to.tag == "r1"
+
+
 def test_non_invite_server_reliable_timer_j_is_zero() -> None:
     tx = NonInviteServerTransaction(register(), reliable=True)
     tx.start(0.0)
