@@ -11,7 +11,10 @@ Its errors are redis-py's exception classes, so RedisStore and its callers handl
 alike. When a command has waited `timeout` seconds for its reply and nothing at all came from
 Redis meanwhile, the connection is aborted: every command on it fails with TimeoutError (a
 hung server, as redis-py's socket timeout does), and the next command connects anew. A busy
-worker whose replies queue up behind its own work does not count as a hung server.
+worker whose replies queue up behind its own work does not count as a hung server; but any
+command unanswered after `deadline` seconds (twice `timeout` unless told) fails with
+TimeoutError on its own, so a caller needs no timer of its own. One timer per connection
+watches all commands, and the commands of one turn of the event loop go in one write.
 """
 
 from __future__ import annotations
@@ -63,24 +66,55 @@ def _error(reply: hiredis.ReplyError) -> errors.RedisError:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """One connection to Redis: commands written as they come (those of one turn of the loop
+    in one write), replies matched to them in order, and one watchdog timer for all."""
+
+    def __init__(self, timeout: float, deadline: float) -> None:
         self.reader = hiredis.Reader()
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Commands sent, oldest first: (their reply, when sent, `reads` then).
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float, int]] = (
+            collections.deque()
+        )
+        self.outbox: list[bytes] = []  # written at the end of this turn of the loop
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.loop = asyncio.get_running_loop()
         self.reads = 0  # data_received calls so far: has Redis said anything since ...?
+        self.timeout = timeout
+        self.deadline = deadline
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def send(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]]:
+        """Queue `commands` for this turn's write; the futures of their replies."""
+        loop = self.loop
+        now = loop.time()
+        futures = [loop.create_future() for _ in commands]
+        reads = self.reads
+        self.waiting.extend((future, now, reads) for future in futures)
+        if not self.outbox:
+            # Written once the callbacks of this turn have run: the commands of every call
+            # handled in it go in one system call (and their replies mostly come in one).
+            loop.call_soon(self._flush)
+        self.outbox.append(b"".join(map(_pack, commands)))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(now + self._period(), self._check)
+        return futures
+
+    def _flush(self) -> None:
+        if self.outbox and not self.lost and self.transport is not None:
+            self.transport.write(b"".join(self.outbox))
+        self.outbox.clear()
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
         self.reader.feed(data)
         try:
             while (reply := self.reader.gets()) is not False:
-                future = self.waiting.popleft()
-                if future.done():  # its caller gave up (cancelled): the reply is dropped
+                future = self.waiting.popleft()[0]
+                if future.done():  # its caller gave up, or its deadline passed: dropped
                     continue
                 if isinstance(reply, hiredis.ReplyError):
                     reply = _error(reply)
@@ -93,31 +127,51 @@ class _Connection(asyncio.Protocol):
 
     def fail(self, error: errors.RedisError) -> None:
         self.lost = True
+        self.outbox.clear()
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.transport is not None:
             self.transport.abort()
 
-    def watch(self, future: asyncio.Future[Any], timeout: float) -> asyncio.TimerHandle:
-        """Declares the connection hung if `future` has no reply after `timeout` seconds and
-        nothing at all came from Redis meanwhile."""
-        return self.loop.call_later(timeout, self._expire, future, timeout, self.reads, 2)
+    # -- the watchdog: one timer, running while commands wait ---------------------------------
+    def _period(self) -> float:
+        return min(self.timeout, self.deadline) / 2
 
-    def _expire(self, future: asyncio.Future[Any], timeout: float, reads: int, hops: int) -> None:
-        if future.done():
+    def _check(self) -> None:
+        """A command unanswered for `deadline` fails on its own (the others keep their
+        place). When the oldest has waited `timeout` and nothing at all came from Redis since
+        it was sent, the server is hung; decided after the loop has polled I/O (twice, to be
+        sure: the timer may have run before the loop read what is waiting in the socket), so
+        a worker whose replies queue up behind its own work is not taken for a hung server."""
+        self._watchdog = None
+        if self.lost or not self.waiting:
             return
-        if self.reads != reads:
-            # Redis is answering (the deep pipeline of a busy worker, or one slow script):
-            # not a hung server. That command's caller has its own deadline; look again later.
-            self.loop.call_later(timeout, self._expire, future, timeout, self.reads, 2)
-        elif hops:
-            # The timer may have run before the loop read what is waiting in the socket (a
-            # loop that was blocked): decide after the loop has polled I/O, twice to be sure.
-            self.loop.call_soon(self._expire, future, timeout, reads, hops - 1)
+        now = self.loop.time()
+        _, sent, reads = self.waiting[0]
+        if now - sent >= self.timeout and self.reads == reads:
+            self.loop.call_soon(self._confirm_hung, reads, 2)
+        late = now - self.deadline
+        for future, sent, _ in self.waiting:
+            if sent > late:
+                break
+            if not future.done():
+                future.set_exception(
+                    errors.TimeoutError(f"no reply from Redis within {self.deadline:g} s")
+                )
+        self._watchdog = self.loop.call_at(now + self._period(), self._check)
+
+    def _confirm_hung(self, reads: int, hops: int) -> None:
+        if self.lost or self.reads != reads or not self.waiting:
+            return
+        if hops:
+            self.loop.call_soon(self._confirm_hung, reads, hops - 1)
         else:
-            self.fail(errors.TimeoutError(f"no reply from Redis within {timeout:g} s"))
+            self.fail(errors.TimeoutError(f"no reply from Redis within {self.timeout:g} s"))
 
 
 class LeanRedis:
@@ -133,10 +187,12 @@ class LeanRedis:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 0.5,
+        deadline: float | None = None,
         client_name: str | None = None,
     ) -> None:
         self.host, self.port, self.path = host, port, path
         self.timeout = timeout
+        self.deadline = 2 * timeout if deadline is None else deadline
         # Sent first on every new connection, in one write with the first command.
         setup: list[tuple[Arg, ...]] = []
         if password is not None:
@@ -179,13 +235,15 @@ class LeanRedis:
             if connection is not None and not connection.lost:
                 return connection
             loop = asyncio.get_running_loop()
+            def protocol() -> _Connection:
+                return _Connection(self.timeout, self.deadline)
             try:
                 async with asyncio.timeout(self.timeout):
                     if self.path:
-                        _, connection = await loop.create_unix_connection(_Connection, self.path)
+                        _, connection = await loop.create_unix_connection(protocol, self.path)
                     else:
                         _, connection = await loop.create_connection(
-                            _Connection, self.host, self.port
+                            protocol, self.host, self.port
                         )
             except (OSError, TimeoutError) as exc:
                 where = self.path or f"{self.host}:{self.port}"
@@ -205,12 +263,7 @@ class LeanRedis:
         self, connection: _Connection, commands: Sequence[Sequence[Arg]]
     ) -> list[Any]:
         """Sends `commands` in one write; their replies (an error reply as its exception)."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        connection.waiting.extend(futures)
-        assert connection.transport is not None
-        connection.transport.write(b"".join(map(_pack, commands)))
-        watchdog = connection.watch(futures[-1], self.timeout)
+        futures = connection.send(commands)
         try:
             return [await future for future in futures]
         except BaseException:
@@ -220,8 +273,6 @@ class LeanRedis:
                 elif not future.cancelled():
                     future.exception()  # seen: asyncio would log it as never retrieved
             raise
-        finally:
-            watchdog.cancel()
 
     async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         return await self._round_trip(await self._connect(), commands)

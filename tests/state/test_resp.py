@@ -111,29 +111,68 @@ async def _a_hung_server_fails_fast_and_a_restarted_one_is_reconnected(
 
 
 async def _a_worker_too_busy_to_read_is_not_a_hung_server(redis_url: str) -> None:
-    """The watchdog's rule, driven directly (which callback a loop runs first when it was
+    """The watchdog's rules, driven directly (which callback a loop runs first when it was
     blocked differs between loops): a command past its timeout aborts the connection only if
-    nothing at all came from Redis since it was sent, and only after the loop has polled."""
-    client = lean(redis_url, timeout=0.2)
+    nothing at all came from Redis since it was sent, and only after the loop has polled; a
+    command past its deadline fails on its own while Redis answers the others."""
+    client = LeanRedis.from_url(redis_url, timeout=0.2, client_name="test-lean")
     try:
         assert await client.ping()
         connection = client._connection
         assert connection is not None
-        waiting = asyncio.get_running_loop().create_future()
-        connection.waiting.append(waiting)  # a command sent, its reply not read
-        # Replies came meanwhile (a busy worker's deep pipeline): looked at again later.
-        connection._expire(waiting, 0.2, connection.reads - 1, 2)
-        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # A command sent 0.3 s ago (past the timeout, before the deadline), its reply not
+        # read; replies came meanwhile (a busy worker's deep pipeline): not a hung server.
+        waiting = loop.create_future()
+        connection.waiting.append((waiting, now - 0.3, connection.reads - 1))
+        connection._check()
+        for _ in range(3):
+            await asyncio.sleep(0)
         assert not lost(connection) and not waiting.done()
-        # Nothing came: after two more turns of the loop, the connection is given up.
-        connection._expire(waiting, 0.2, connection.reads, 2)
+        # Past its deadline (0.4 s): that command fails, the connection stays.
+        connection.waiting[0] = (waiting, now - 0.5, connection.reads - 1)
+        connection._check()
+        assert not lost(connection)
+        with pytest.raises(errors.TimeoutError, match=r"within 0\.4 s"):
+            await waiting
+        connection.waiting.popleft()
+        assert await client.ping()  # the same connection still answers
+        assert client._connection is connection
+        # Nothing came since a command was sent 0.3 s ago: after two more turns of the loop,
+        # the connection is given up.
+        hung = loop.create_future()
+        connection.waiting.append((hung, loop.time() - 0.3, connection.reads))
+        connection._check()
         assert not lost(connection)
         for _ in range(3):
             await asyncio.sleep(0)
         assert lost(connection)
-        with pytest.raises(errors.TimeoutError):
-            await waiting
+        with pytest.raises(errors.TimeoutError, match=r"within 0\.2 s"):
+            await hung
         assert await client.ping()  # connected anew
+        assert client._connection is not connection
+    finally:
+        await client.aclose()
+
+
+async def _one_turn_of_the_loop_is_one_write(redis_url: str) -> None:
+    """Commands issued in the same turn of the event loop go to Redis in one write."""
+    client = lean(redis_url)
+    try:
+        assert await client.ping()
+        connection = client._connection
+        assert connection is not None
+        writes: list[bytes] = []
+        flush = connection._flush
+        def counting_flush() -> None:
+            writes.append(b"".join(connection.outbox))
+            flush()
+        connection._flush = counting_flush  # type: ignore[method-assign]
+        replies = await asyncio.gather(*(client.set(f"k{i}", i) for i in range(5)),
+                                       client.get("k4"))
+        assert replies == [True] * 5 + [b"4"]
+        assert len(writes) == 1 and writes[0].count(b"SET") == 5 and b"GET" in writes[0]
     finally:
         await client.aclose()
 
@@ -156,6 +195,10 @@ async def _password_and_db_from_the_url(tmp_path: Path) -> None:
         await client.aclose()
     finally:
         server.stop()
+
+
+def test_one_turn_of_the_loop_is_one_write(run: Run, redis_url: str) -> None:
+    run(_one_turn_of_the_loop_is_one_write(redis_url))
 
 
 def test_only_standalone_urls() -> None:
