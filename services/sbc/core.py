@@ -539,7 +539,7 @@ class Sbc:
     def _send_branch(self, ctx: ProxyContext, out: Request, hop: Hop, n: int) -> None:
         self._hide_topology(out, hop)
         via = self._via_for(hop, f"{self._branch(ctx.request, '')}.{n}")
-        out.headers.add_first("Via", str(via))
+        out.push_via(via)
         client_tx = self.endpoint.send_request(out, hop.source(self._local(hop)))
         ctx.branches[client_tx] = Branch(hop, out)
         self.by_client[client_tx] = ctx
@@ -635,7 +635,7 @@ class Sbc:
             return
         out = Request("ACK", ack.uri, ack.headers.copy(), ack.body)
         self._hide_topology(out, hop)
-        out.headers.add_first("Via", str(self._via_for(hop, self._branch(ack, "ack"))))
+        out.push_via(self._via_for(hop, self._branch(ack, "ack")))
         self.endpoint.send_stateless(out, hop.source(self._local(hop)))
 
     # -- responses: aggregation (RFC 3261 section 16.7) -----------------------------------------
@@ -1070,7 +1070,7 @@ class Sbc:
         request = Request(method, target, Headers.of(
             [("Max-Forwards", "70"), *headers, ("Content-Length", "0")]
         ))
-        request.headers.add_first("Via", str(self._via_for(hop, new_branch())))
+        request.push_via(self._via_for(hop, new_branch()))
         return request
 
     def _forward_stray(self, response: Response) -> None:

@@ -64,7 +64,17 @@ def _parse_one_contact(value: str) -> list[NameAddr] | None:
     return parse_contacts([value])
 
 
+# Vias we put on top of requests we send, by their text: the responses come back with that
+# text on top, and are matched to their transaction without parsing it again. Bounded (a
+# response later than this many requests is parsed as usual).
+_OWN_VIAS: dict[str, Via] = {}
+_OWN_VIAS_SIZE = 2048
+
+
 def _parse_top_via(value: str) -> Via:
+    own = _OWN_VIAS.get(value)
+    if own is not None:
+        return own
     return parse_via(value if "," not in value else split_commas(value)[0])
 
 
@@ -79,6 +89,20 @@ class Message:
         # key -> (the header text it was parsed from, the parsed value); a changed header
         # has a new text object, so a stale entry is never returned.
         self._parsed: dict[str, tuple[str, Any]] = {}
+
+    def push_via(self, via: Via) -> None:
+        """Put `via` on top (a proxy's own Via), already parsed for whoever reads it next."""
+        text = str(via)
+        self.headers.add_first("Via", text)
+        self._parsed["via"] = (text, via)
+        if len(_OWN_VIAS) >= _OWN_VIAS_SIZE:
+            _OWN_VIAS.clear()
+        _OWN_VIAS[text] = via
+
+    def replace_top_via(self, via: Via) -> None:
+        """Replace the top Via (received and rport added), already parsed."""
+        self.headers.replace_first_value("via", str(via))
+        self._parsed["via"] = (self.headers.get("via") or "", via)
 
     def forget_parsed(self) -> None:
         """Drop the values parsed out of the headers (a message kept long but seldom read)."""

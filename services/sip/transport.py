@@ -71,7 +71,7 @@ def stamp_received(request: Request, remote: Address) -> None:
     if wants_rport:
         changes["rport"] = str(remote[1])
     if changes:
-        request.headers.replace_first_value("via", str(via.with_params(**changes)))
+        request.replace_top_via(via.with_params(**changes))
 
 
 def response_destination(via: Via, default_port: int = 5060) -> Address:

@@ -887,6 +887,24 @@ def test_request_uri_setter() -> None:
     assert msg.to_bytes().startswith(b"INVITE sip:bob@192.0.2.4:5062;transport=tcp SIP/2.0\r\n")
 
 
+def test_a_proxys_own_via_is_parsed_once() -> None:
+    """A Via we push is on top as text and as a value; the response that comes back with
+    that text on top reads it without parsing it again, and replacing the top Via (received,
+    rport) keeps the new value."""
+    request = parse_req(req())
+    ours = Via("UDP", "pcscf.ims.local", 5060, {"branch": "z9hG4bKown1", "rport": None})
+    request.push_via(ours)
+    assert request.top_via is ours and request.headers.get("via") == str(ours)
+    assert [v.host for v in request.vias] == ["pcscf.ims.local", "pc33.atlanta.com"]
+    back = parse_message(bytes(make_response(request, 200, to_tag="t1")))
+    assert back.top_via is ours
+    stamped = ours.with_params(received="192.0.2.7")
+    request.replace_top_via(stamped)
+    assert request.top_via is stamped
+    assert parse_via(request.headers.values("via")[0]) == stamped
+    assert request.headers.count("via") == 2
+
+
 def test_headers_container() -> None:
     h = Headers.of([("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("v", "SIP/2.0/UDP b"),
                     ("X-A", "1"), ("x-a", "2")])  # fmt: skip
