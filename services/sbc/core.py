@@ -16,7 +16,6 @@ import hmac
 import logging
 import os
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterable
@@ -508,7 +507,7 @@ class Sbc:
     def _add_charging_vector(self, request: Request) -> None:
         request.headers.set(
             "P-Charging-Vector",
-            f"icid-value={uuid.uuid4().hex};icid-generated-at={self.config.advertised}",
+            f"icid-value={os.urandom(16).hex()};icid-generated-at={self.config.advertised}",
         )
 
     def _fork(self, ctx: ProxyContext, uri: URI, hop: Hop, n: int, *, record_route: bool) -> None:
@@ -916,10 +915,12 @@ class Sbc:
             # A UE attached nowhere (a plain SIP UE) is no fault when the call goes on: counted,
             # logged at DEBUG; anything else, or a refused call, is a warning.
             fault = decision.refuse or any(o.attached for o in decision.failed)
-            log.log(logging.WARNING if fault else logging.DEBUG, f"{decision.text}: {then}", extra={
-                "call_id": call_id, "policy": policy,
-                "failed": {o.ue: {"imsi": o.imsi, "error": o.error} for o in decision.failed},
-            })
+            level = logging.WARNING if fault else logging.DEBUG
+            if log.isEnabledFor(level):  # per call at DEBUG: not built to be dropped
+                log.log(level, f"{decision.text}: {then}", extra={
+                    "call_id": call_id, "policy": policy,
+                    "failed": {o.ue: {"imsi": o.imsi, "error": o.error} for o in decision.failed},
+                })
         if decision.kept:
             self.call_bearers[call_id] = list(decision.kept)
             for outcome in decision.outcomes:
