@@ -47,6 +47,7 @@ class RedisStore:
         removed; `terminated_linger`: how long a TERMINATED dialog stays; `default_ttl`: the
         lifetime of a new dialog or media session stored without a ttl."""
         self.redis = client
+        self.cluster = isinstance(client, RedisCluster)  # asked once: a slow isinstance
         self.clock = clock
         self._early_ms = rules.to_ms(early_dialog_timeout)
         self._linger_ms = rules.to_ms(terminated_linger)
@@ -276,7 +277,7 @@ class RedisStore:
         wanted = list(dict.fromkeys(i for i in impus if i))
         if not wanted:
             return pre
-        if isinstance(self.redis, RedisCluster):
+        if self.cluster:
             # redis-py refuses scripts in a cluster pipeline: concurrent calls instead.
             subs = asyncio.gather(*(self.get_subscriber(impu=i) for i in wanted))
             regs = asyncio.gather(*(self.lookup_bindings(i) for i in wanted))
@@ -558,7 +559,7 @@ class RedisStore:
         """`script` once per (keys, args): pipelined in one round trip (sweeps run twice a
         second over every shard), or one call after another on a cluster, where redis-py
         refuses scripts in a pipeline."""
-        if isinstance(self.redis, RedisCluster):
+        if self.cluster:
             return [await script(keys=k, args=a) for k, a in calls]
         pipe = self.redis.pipeline(transaction=False)
         for k, a in calls:
