@@ -72,7 +72,7 @@ DOMAIN = "ims.local"
 PASSWORD = "secret"
 FIRST = 700000  # UEs get the numbers after it, callee first
 # Calls per second offered: 100 apart where one sbc worker and two reach their limits.
-STEPS = (50, 100, 200, *range(300, 1700, 100))
+STEPS = (50, 100, 200, *range(300, 2500, 100))
 STEP_SECONDS = 4
 CALL_MS = 100
 CALLERS = 4
