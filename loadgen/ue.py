@@ -168,19 +168,19 @@ class Ue:
     ) -> Request:
         # The fields built with their keys as they are (a load run builds a few per call).
         host, port = self.local
-        fields = [
-            HeaderField("via", "Via", f"SIP/2.0/UDP {host}:{port};rport;branch={new_branch()}"),
-            HeaderField("max-forwards", "Max-Forwards", "70"),
-            HeaderField("from", "From", f"<{self.aor}>;tag={from_tag}"),
-            HeaderField("to", "To", to),
-            HeaderField("call-id", "Call-ID", call_id),
-            HeaderField("cseq", "CSeq", f"{cseq} {method}"),
-            HeaderField("contact", "Contact", f"<sip:{self.number}@{host}:{port}>"),
-            *(HeaderField(canonical_name(n), n, v) for n, v in extra or ()),
+        fields: list[HeaderField] = [
+            ("via", "Via", f"SIP/2.0/UDP {host}:{port};rport;branch={new_branch()}", None),
+            ("max-forwards", "Max-Forwards", "70", None),
+            ("from", "From", f"<{self.aor}>;tag={from_tag}", None),
+            ("to", "To", to, None),
+            ("call-id", "Call-ID", call_id, None),
+            ("cseq", "CSeq", f"{cseq} {method}", None),
+            ("contact", "Contact", f"<sip:{self.number}@{host}:{port}>", None),
+            *((canonical_name(n), n, v, None) for n, v in extra or ()),
         ]
         if body:
-            fields.append(HeaderField("content-type", "Content-Type", "application/sdp"))
-        fields.append(HeaderField("content-length", "Content-Length", str(len(body))))
+            fields.append(("content-type", "Content-Type", "application/sdp", None))
+        fields.append(("content-length", "Content-Length", str(len(body)), None))
         return Request(method, uri, Headers(fields), body)
 
     async def _send(self, request: Request, timeout: float = 32.0) -> Response:
