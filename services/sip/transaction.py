@@ -557,6 +557,23 @@ def make_ack(request: Request, response: Response) -> Request:
 class Transaction(Generic[S]):
     """What the four machines share: walking the table, the timers, retransmission."""
 
+    # Slots: thousands live at once (32 s each over UDP), each a dict less for the collector.
+    __slots__ = (
+        "__weakref__",
+        "_ack",
+        "_deadlines",
+        "_intervals",
+        "_outgoing",
+        "_started",
+        "_state",
+        "config",
+        "key",
+        "machine",
+        "peer",
+        "reliable",
+        "request",
+    )
+
     def __init__(
         self,
         machine: Machine[S],
@@ -706,6 +723,9 @@ class Transaction(Generic[S]):
             for message in (self.request, self._outgoing, self._ack):
                 if message is not None:
                     message.forget_parsed()
+            # only the intervals of timers still running (G in Completed), else a fresh
+            # dict: an empty one the collector does not track
+            self._intervals = {t: i for t, i in self._intervals.items() if t in running}
         out: list[Action] = []
         if self.terminated:
             out.append(Terminated(self.key, self))
@@ -723,6 +743,8 @@ class Transaction(Generic[S]):
 
 class ClientTransaction(Transaction[S]):
     """Sends a request reliably and hands its responses up (section 17.1)."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -752,6 +774,8 @@ class ClientTransaction(Transaction[S]):
 
 class ServerTransaction(Transaction[S]):
     """Hands a request up once and sends the TU's responses reliably (section 17.2)."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -802,6 +826,8 @@ def _require_method(request: Request, invite: bool) -> None:
 class InviteClientTransaction(ClientTransaction[InviteClientState]):
     """Section 17.1.1 with RFC 6026: ACKs non-2xx finals itself; 2xx go to the TU, which ACKs."""
 
+    __slots__ = ()
+
     def __init__(
         self,
         request: Request,
@@ -821,6 +847,8 @@ class InviteClientTransaction(ClientTransaction[InviteClientState]):
 
 class NonInviteClientTransaction(ClientTransaction[NonInviteClientState]):
     """Section 17.1.2."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -844,6 +872,8 @@ class InviteServerTransaction(ServerTransaction[InviteServerState]):
     """Section 17.2.1 with RFC 6026. With auto_trying it sends 100 Trying when the TU has not
     answered within `TimerConfig.trying_delay` (200 ms), quenching INVITE retransmissions."""
 
+    __slots__ = ("auto_trying",)
+
     def __init__(
         self,
         request: Request,
@@ -865,6 +895,8 @@ class InviteServerTransaction(ServerTransaction[InviteServerState]):
 
 class NonInviteServerTransaction(ServerTransaction[NonInviteServerState]):
     """Section 17.2.2."""
+
+    __slots__ = ()
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ Address = tuple[str, int]
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where a message came from: enough to answer it and to reach that peer again."""
 
