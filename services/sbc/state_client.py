@@ -20,7 +20,7 @@ from opentelemetry import propagate, trace
 
 from services.common.telemetry import current_span
 from services.state.connect import client_name
-from services.state.resp import LeanRedis
+from services.state.resp import LeanRedis, operation_deadline
 from services.state.service import StateApi, Throttled, failure_status, redis_problem
 from services.state.store import RedisStore
 from volte.v1 import common_pb2, state_pb2, state_pb2_grpc
@@ -132,9 +132,10 @@ class DirectStateClient(StateClient):
         self.api = StateApi(store)
         self.timeout = timeout
         self._unavailable = Throttled()
-        # LeanRedis fails a command unanswered after twice its per-reply timeout (= our
-        # deadline, see from_url) by itself; redis-py bounds each reply, not the operation.
-        self._deadline = None if isinstance(store.redis, LeanRedis) else timeout
+        # LeanRedis fails the commands of an operation past its deadline by itself (a
+        # context variable is cheaper than an asyncio.timeout); redis-py bounds each reply
+        # only, not the operation.
+        self._lean = isinstance(store.redis, LeanRedis)
 
     @classmethod
     def from_url(cls, url: str, timeout: float, instance: str) -> DirectStateClient:
@@ -159,10 +160,14 @@ class DirectStateClient(StateClient):
 
     async def _run(self, method: str, request: Any) -> Any:
         try:
-            operation = getattr(self.api, method)(request)
-            if self._deadline is None:
-                return await operation
-            async with asyncio.timeout(self._deadline):
-                return await operation
+            if not self._lean:
+                async with asyncio.timeout(self.timeout):
+                    return await getattr(self.api, method)(request)
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            token = operation_deadline.set(deadline)
+            try:
+                return await getattr(self.api, method)(request)
+            finally:
+                operation_deadline.reset(token)
         except Exception as exc:
             raise failure(*failure_status(method, exc, self._unavailable)) from None

@@ -12,7 +12,8 @@ alike. When a command has waited `timeout` seconds for its reply and nothing at 
 Redis meanwhile, the connection is aborted: every command on it fails with TimeoutError (a
 hung server, as redis-py's socket timeout does), and the next command connects anew. A busy
 worker whose replies queue up behind its own work does not count as a hung server; but any
-command unanswered after `deadline` seconds (twice `timeout` unless told) fails with
+command unanswered after `deadline` seconds (twice `timeout` unless told), or past the
+deadline its caller set for the whole operation (`operation_deadline`), fails with
 TimeoutError on its own, so a caller needs no timer of its own. One timer per connection
 watches all commands, and the commands of one turn of the event loop go in one write.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import hashlib
 from collections.abc import Sequence
 from typing import Any, cast
@@ -60,6 +62,14 @@ _ERRORS: dict[str, type[errors.RedisError]] = {
 }
 
 
+# The loop time by which the caller's whole operation (several round trips, maybe) must be
+# answered: no command sent within it waits past it. Set by the caller around the operation
+# (the sbc's state calls): cheaper than an asyncio.timeout per operation.
+operation_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "redis_operation_deadline", default=None
+)
+
+
 def _error(reply: hiredis.ReplyError) -> errors.RedisError:
     text = str(reply)
     return _ERRORS.get(text.split(" ", 1)[0], errors.ResponseError)(text)
@@ -71,8 +81,9 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, timeout: float, deadline: float) -> None:
         self.reader = hiredis.Reader()
-        # Commands sent, oldest first: (their reply, when sent, `reads` then).
-        self.waiting: collections.deque[tuple[asyncio.Future[Any], float, int]] = (
+        # Commands sent, oldest first: (their reply, when sent, `reads` then, when it fails
+        # if still unanswered).
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float, int, float]] = (
             collections.deque()
         )
         self.outbox: list[bytes] = []  # written at the end of this turn of the loop
@@ -83,6 +94,7 @@ class _Connection(asyncio.Protocol):
         self.timeout = timeout
         self.deadline = deadline
         self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -93,14 +105,18 @@ class _Connection(asyncio.Protocol):
         now = loop.time()
         futures = [loop.create_future() for _ in commands]
         reads = self.reads
-        self.waiting.extend((future, now, reads) for future in futures)
+        limit = now + self.deadline
+        operation = operation_deadline.get()
+        if operation is not None and operation < limit:
+            limit = operation
+        self.waiting.extend((future, now, reads, limit) for future in futures)
         if not self.outbox:
             # Written once the callbacks of this turn have run: the commands of every call
             # handled in it go in one system call (and their replies mostly come in one).
             loop.call_soon(self._flush)
         self.outbox.append(b"".join(map(_pack, commands)))
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(now + self._period(), self._check)
+        if self._watchdog is None or limit < self._watchdog_at:
+            self._arm(min(now + self._period(), limit))
         return futures
 
     def _flush(self) -> None:
@@ -142,28 +158,39 @@ class _Connection(asyncio.Protocol):
     def _period(self) -> float:
         return min(self.timeout, self.deadline) / 2
 
+    def _arm(self, when: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = self.loop.call_at(when, self._check)
+        self._watchdog_at = when
+
     def _check(self) -> None:
-        """A command unanswered for `deadline` fails on its own (the others keep their
-        place). When the oldest has waited `timeout` and nothing at all came from Redis since
-        it was sent, the server is hung; decided after the loop has polled I/O (twice, to be
-        sure: the timer may have run before the loop read what is waiting in the socket), so
-        a worker whose replies queue up behind its own work is not taken for a hung server."""
+        """A command unanswered for `deadline`, or past its operation's deadline, fails on
+        its own (the others keep their place). When the oldest has waited `timeout` and
+        nothing at all came from Redis since it was sent, the server is hung; decided after
+        the loop has polled I/O (twice, to be sure: the timer may have run before the loop
+        read what is waiting in the socket), so a worker whose replies queue up behind its
+        own work is not taken for a hung server."""
         self._watchdog = None
         if self.lost or not self.waiting:
             return
         now = self.loop.time()
-        _, sent, reads = self.waiting[0]
+        _, sent, reads, _ = self.waiting[0]
         if now - sent >= self.timeout and self.reads == reads:
             self.loop.call_soon(self._confirm_hung, reads, 2)
-        late = now - self.deadline
-        for future, sent, _ in self.waiting:
-            if sent > late:
-                break
-            if not future.done():
-                future.set_exception(
-                    errors.TimeoutError(f"no reply from Redis within {self.deadline:g} s")
+        due = now + self._period()
+        for future, sent, _, limit in self.waiting:
+            if future.done():
+                continue
+            if limit <= now:
+                why = (
+                    "by the deadline of its operation" if limit < sent + self.deadline
+                    else f"within {self.deadline:g} s"
                 )
-        self._watchdog = self.loop.call_at(now + self._period(), self._check)
+                future.set_exception(errors.TimeoutError(f"no reply from Redis {why}"))
+            elif limit < due:
+                due = limit
+        self._arm(due)
 
     def _confirm_hung(self, reads: int, hops: int) -> None:
         if self.lost or self.reads != reads or not self.waiting:

@@ -18,7 +18,7 @@ import redis
 import uvloop
 from redis import exceptions as errors
 
-from services.state.resp import LeanRedis, _Connection
+from services.state.resp import LeanRedis, _Connection, operation_deadline
 from tests.state.helpers import RedisProcess
 
 SCRIPT = "return {KEYS[1], ARGV[1]}"
@@ -125,13 +125,14 @@ async def _a_worker_too_busy_to_read_is_not_a_hung_server(redis_url: str) -> Non
         # A command sent 0.3 s ago (past the timeout, before the deadline), its reply not
         # read; replies came meanwhile (a busy worker's deep pipeline): not a hung server.
         waiting = loop.create_future()
-        connection.waiting.append((waiting, now - 0.3, connection.reads - 1))
+        connection.waiting.append((waiting, now - 0.3, connection.reads - 1, now + 0.1))
         connection._check()
         for _ in range(3):
             await asyncio.sleep(0)
         assert not lost(connection) and not waiting.done()
         # Past its deadline (0.4 s): that command fails, the connection stays.
-        connection.waiting[0] = (waiting, now - 0.5, connection.reads - 1)
+        sent = now - 0.5
+        connection.waiting[0] = (waiting, sent, connection.reads - 1, sent + connection.deadline)
         connection._check()
         assert not lost(connection)
         with pytest.raises(errors.TimeoutError, match=r"within 0\.4 s"):
@@ -142,7 +143,8 @@ async def _a_worker_too_busy_to_read_is_not_a_hung_server(redis_url: str) -> Non
         # Nothing came since a command was sent 0.3 s ago: after two more turns of the loop,
         # the connection is given up.
         hung = loop.create_future()
-        connection.waiting.append((hung, loop.time() - 0.3, connection.reads))
+        now = loop.time()
+        connection.waiting.append((hung, now - 0.3, connection.reads, now + 0.1))
         connection._check()
         assert not lost(connection)
         for _ in range(3):
@@ -152,6 +154,27 @@ async def _a_worker_too_busy_to_read_is_not_a_hung_server(redis_url: str) -> Non
             await hung
         assert await client.ping()  # connected anew
         assert client._connection is not connection
+    finally:
+        await client.aclose()
+
+
+async def _an_operation_deadline_bounds_its_commands(redis_url: str) -> None:
+    """Commands sent under `operation_deadline` fail when it passes, though the connection's
+    own deadline is later and Redis is not hung; the connection stays."""
+    client = LeanRedis.from_url(redis_url, timeout=0.5, client_name="test-lean")
+    try:
+        assert await client.ping()
+        connection = client._connection
+        token = operation_deadline.set(asyncio.get_running_loop().time() + 0.1)
+        try:
+            started = time.monotonic()
+            with pytest.raises(errors.TimeoutError, match="by the deadline of its operation"):
+                await client.execute_command("BLPOP", "nothing-here", "0.4")
+            assert time.monotonic() - started < 0.3
+        finally:
+            operation_deadline.reset(token)
+        assert await client.ping()  # the blocked reply came and was dropped
+        assert client._connection is connection
     finally:
         await client.aclose()
 
@@ -195,6 +218,10 @@ async def _password_and_db_from_the_url(tmp_path: Path) -> None:
         await client.aclose()
     finally:
         server.stop()
+
+
+def test_an_operation_deadline_bounds_its_commands(run: Run, redis_url: str) -> None:
+    run(_an_operation_deadline_bounds_its_commands(redis_url))
 
 
 def test_one_turn_of_the_loop_is_one_write(run: Run, redis_url: str) -> None:
