@@ -10,16 +10,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed.stamp
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
+# The call path compiled in place with mypyc (services/native.py lists the modules).
+NATIVE_STAMP := build/native/.stamp
+NATIVE_SOURCES := native_build.py $(wildcard services/sip/*.py services/sbc/*.py services/state/*.py) services/native.py
 # Debian packages for real peers in tests: command -> package that provides it.
 DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server kamailio:kamailio baresip:baresip-core clang:clang linux.uml:user-mode-linux tc:iproute2 /usr/lib/usrsctp/echo_server:libusrsctp-examples nft:nftables
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help venv deps proto lint test bench demo clean
+.PHONY: help venv deps proto native clean-native lint test bench demo clean
 
 help:
 	@echo "make venv   create .venv and install volte[dev] editable (generates volte/ from proto/)"
 	@echo "make deps   install the Debian packages tests use: sipp, tshark, redis-server, kamailio, baresip"
 	@echo "make proto  regenerate volte/ from proto/ after editing a .proto"
+	@echo "make native compile the call path with mypyc, in place (pure Python without a C compiler)"
 	@echo "make lint   ruff check and mypy"
 	@echo "make test   venv + deps, lint, then pytest (PYTEST_ARGS='-m \"not slow\"' to narrow)"
 	@echo "make bench  run the benchmarks in tests/bench/"
@@ -54,22 +58,31 @@ deps:
 proto: $(STAMP)
 	$(PY) hatch_build.py
 
+native: $(NATIVE_STAMP)
+
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	$(PY) native_build.py
+	@mkdir -p $(@D) && touch $@
+
+clean-native: $(STAMP)
+	$(PY) native_build.py --clean
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy services loadgen tests hatch_build.py
+	$(PY) -m mypy services loadgen tests hatch_build.py native_build.py
 
-test: venv deps
+test: venv deps native
 	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	@if [ -f tests/bench/__main__.py ]; then $(PY) -m tests.bench; \
 	else echo "bench: no benchmarks yet (add tests/bench/__main__.py)"; fi
 
 # What the demo needs from Debian: Redis, and libusrsctp for SCTP where the kernel has none.
 DEMO_TOOLS := redis-server:redis-server /usr/lib/usrsctp/echo_server:libusrsctp-examples
 
-demo: venv
+demo: venv native
 	@$(MAKE) --no-print-directory deps DEB_TOOLS="$(DEMO_TOOLS)"
 	@# `volte up` (every service, free ports, run dir out/demo/run), 1,000 subscribers, loadgen
 	@# call-setup with media and bearers through 10 simulated eNodeBs for 30 s, the summary,
@@ -77,6 +90,7 @@ demo: venv
 	$(VENV)/bin/volte demo
 
 clean:
+	@if [ -x $(PY) ]; then $(PY) native_build.py --clean; fi
 	rm -rf volte build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache $(STAMP)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 

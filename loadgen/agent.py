@@ -31,12 +31,9 @@ from services.sip.digest import Challenge, answer
 from services.sip.headers import Headers
 from services.sip.message import Request, Response, make_response
 from services.sip.transaction import (
-    Action,
     ClientTransaction,
     ClientTx,
-    Send,
     ServerTx,
-    TimerConfig,
     TransactionLayer,
 )
 from services.sip.transport import Address, Source
@@ -44,25 +41,6 @@ from services.sip.transport import Address, Source
 BYE_TIMEOUT = 32.0  # Timer F
 EARLY = 0.005  # a timer this close to its time counts as due
 _tags = itertools.count(1)
-
-
-class CountingLayer(TransactionLayer):
-    """The transaction layer, counting what its timers re-send (retransmissions)."""
-
-    def __init__(self, counter: Counter[str], config: TimerConfig | None = None) -> None:
-        super().__init__(config)
-        self.counter = counter
-
-    def handle_timer(self, now: float) -> list[Action]:
-        actions = super().handle_timer(now)
-        for action in actions:
-            if isinstance(action, Send):
-                message = action.message
-                if isinstance(message, Request):
-                    self.counter[message.method] += 1
-                elif message.status >= 200:  # not the automatic 100 Trying
-                    self.counter[str(message.status)] += 1
-        return actions
 
 
 @dataclass
@@ -138,7 +116,7 @@ class LoadUe(Ue):
         self.proxies = list(proxies)
         self.proxy_index = 0
         self.moved = False  # went to another P-CSCF because the one before stopped answering
-        self.endpoint.layer = CountingLayer(retransmissions)
+        self.endpoint.layer = TransactionLayer(retransmissions=retransmissions)
         self.plans: dict[str, CallKind] = {}  # call-id -> how to answer it (callee side)
         self.ring_time = 0.0  # seconds a normal call rings before we answer
         self.ring_limit = 32.0  # a call left ringing gets 480 then

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services import __version__
+from services import __version__, native
 from services.common.config import load
 from services.common.health import add_health
 from services.common.telemetry import setup_logging, setup_telemetry
@@ -107,7 +107,8 @@ async def serve(config: SbcConfig) -> int:
     log.info(
         "sbc listening",
         extra={"sip": f"{config.sip_listen}:{sbc.port}", "grpc_port": grpc_port,
-               "worker": config.worker_index, "instance": config.instance},
+               "worker": config.worker_index, "instance": config.instance,
+               "call_path": native.describe()},
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -314,17 +314,18 @@ class Sbc:
                     self._reply(tx, exc.status, extra=[("Warning", self._warning(exc.reason))])
                 else:
                     self._reply(tx, exc.status, exc.reason)
-            except StateUnavailable as exc:
+            # One name per handler: mypyc gives a name one type per function.
+            except StateUnavailable as state_down:
                 self._abandon(tx)
-                log.warning("state store unavailable", extra={"error": str(exc)})
+                log.warning("state store unavailable", extra={"error": str(state_down)})
                 self._reply(tx, 503, "State Store Unavailable", extra=[("Retry-After", "2")])
             except StateError:
                 self._abandon(tx)
                 log.exception("state store refused a call")
                 self._reply(tx, 500)
-            except MediaUnavailable as exc:
+            except MediaUnavailable as media_down:
                 self._abandon(tx)
-                log.warning("media relay unavailable", extra={"error": str(exc)})
+                log.warning("media relay unavailable", extra={"error": str(media_down)})
                 self._reply(tx, 503, "Media Relay Unavailable", extra=[("Retry-After", "2")])
             finally:
                 elapsed = time.monotonic() - started
@@ -763,9 +764,11 @@ class Sbc:
         )
         try:
             await self.state.put_dialog(state_pb2.PutDialogRequest(dialog=dialog))
-        except (StateUnavailable, StateError) as exc:
+        except (StateUnavailable, StateError) as not_stored:
             # The call goes on: in-dialog routing needs no state; only clean-up would miss it.
-            log.warning("dialog not stored", extra={"error": str(exc), "call_id": request.call_id})
+            log.warning(
+                "dialog not stored", extra={"error": str(not_stored), "call_id": request.call_id}
+            )
         if not ctx.final_sent:
             self.metrics.calls_started.add(1)
             self.metrics.active_calls.add(1)

@@ -310,6 +310,11 @@ def _parse_addr_spec(v: str) -> NameAddr:
     return NameAddr(parse_uri(uri_text), None, params)
 
 
+# RFC 3261 section 8.1.1.7: branches that start with it are unique per transaction. At module
+# level: Via is compiled by mypyc (services/native.py), whose classes hold only their fields.
+MAGIC_COOKIE = "z9hG4bK"
+
+
 @dataclass(frozen=True)
 class Via:
     """One Via value (RFC 3261 section 20.42)."""
@@ -319,8 +324,6 @@ class Via:
     port: int | None = None
     params: Params = field(default_factory=dict)
     protocol: str = "SIP/2.0"
-
-    MAGIC_COOKIE = "z9hG4bK"
 
     @property
     def branch(self) -> str | None:
@@ -333,7 +336,7 @@ class Via:
     @property
     def has_rfc3261_branch(self) -> bool:
         b = self.branch
-        return b is not None and b.startswith(self.MAGIC_COOKIE) and len(b) > len(self.MAGIC_COOKIE)
+        return b is not None and b.startswith(MAGIC_COOKIE) and len(b) > len(MAGIC_COOKIE)
 
     def with_params(self, **params: str | None) -> Via:
         return replace(self, params={**self.params, **params})

@@ -19,13 +19,14 @@ import heapq
 import itertools
 import random
 import secrets
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, Flag, auto
 from types import MappingProxyType
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from services.sip.headers import Headers, Via
+from services.sip.headers import MAGIC_COOKIE, Headers, Via
 from services.sip.message import Request, Response, make_response
 
 
@@ -220,7 +221,6 @@ Trigger: TypeAlias = Event | Timer
 S = TypeVar("S", bound=Enum)
 
 
-@dataclass(frozen=True)
 class Machine(Generic[S]):
     """One RFC figure as data: the transitions, and which timers run in each state.
 
@@ -228,14 +228,27 @@ class Machine(Generic[S]):
     previous state's timers that it does not run, so the timer rules live here too.
     `lingering` are the states that only absorb retransmissions until a timer ends them
     (up to 32 s over UDP): their messages drop what was parsed out of them (see _enter).
+    A plain class rather than a frozen dataclass: mypyc cannot compile a generic dataclass.
     """
 
-    name: str
-    initial: S
-    terminated: S
-    transitions: Mapping[S, Mapping[Trigger, tuple[S, Do]]]
-    timers: Mapping[S, frozenset[Timer]]
-    lingering: frozenset[S]
+    __slots__ = ("initial", "lingering", "name", "terminated", "timers", "transitions")
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        initial: S,
+        terminated: S,
+        transitions: Mapping[S, Mapping[Trigger, tuple[S, Do]]],
+        timers: Mapping[S, frozenset[Timer]],
+        lingering: frozenset[S],
+    ) -> None:
+        self.name = name
+        self.initial = initial
+        self.terminated = terminated
+        self.transitions = transitions
+        self.timers = timers
+        self.lingering = lingering
 
 
 class InviteClientState(_Enum):
@@ -532,7 +545,7 @@ def cancel_target_key(cancel: Request) -> TransactionKey:
 def new_branch(rng: random.Random | None = None) -> str:
     """A fresh RFC 3261 branch: the magic cookie and 64 random bits (seedable for tests)."""
     token = secrets.token_hex(8) if rng is None else f"{rng.getrandbits(64):016x}"
-    return Via.MAGIC_COOKIE + token
+    return MAGIC_COOKIE + token
 
 
 def make_ack(request: Request, response: Response) -> Request:
@@ -924,9 +937,18 @@ class TransactionLayer:
     tables before the method returns (their `Terminated` action says so).
     """
 
-    def __init__(self, config: TimerConfig | None = None, *, auto_trying: bool = True) -> None:
+    def __init__(
+        self,
+        config: TimerConfig | None = None,
+        *,
+        auto_trying: bool = True,
+        retransmissions: Counter[str] | None = None,
+    ) -> None:
         self.config = config if config is not None else DEFAULT_TIMERS
         self.auto_trying = auto_trying
+        # What the timers re-send, by request method or final response status, when the
+        # caller wants it counted (loadgen does).
+        self.retransmissions = retransmissions
         self._clients: dict[TransactionKey, ClientTx] = {}
         self._servers: dict[TransactionKey, ServerTx] = {}
         # Lazy timer queue: an entry is live while it matches `_scheduled[tx]`.
@@ -1016,14 +1038,13 @@ class TransactionLayer:
         self, transaction: ServerTransaction[Any] | TransactionKey, response: Response, now: float
     ) -> list[Action]:
         """The TU answers: pass the server transaction (`Deliver.transaction`) or its key."""
-        tx = (
-            self._servers.get(transaction)
-            if isinstance(transaction, TransactionKey)
-            else transaction
-        )
-        if tx is None:
-            raise TransactionError("no such server transaction")
-        return self._track(tx, tx.send_response(response, now))
+        # Two returns rather than one conditional expression, which crashes mypyc 2.4.
+        if isinstance(transaction, TransactionKey):
+            found = self._servers.get(transaction)
+            if found is None:
+                raise TransactionError("no such server transaction")
+            return self._track(found, found.send_response(response, now))
+        return self._track(transaction, transaction.send_response(response, now))
 
     # -- both --------------------------------------------------------------------------------
 
@@ -1048,6 +1069,15 @@ class TransactionLayer:
                 continue
             del self._scheduled[tx]
             out += self._track(tx, tx.handle_timer(now))
+        if self.retransmissions is not None:
+            for action in out:
+                if not isinstance(action, Send):
+                    continue
+                message = action.message
+                if isinstance(message, Request):
+                    self.retransmissions[message.method] += 1
+                elif message.status >= 200:
+                    self.retransmissions[str(message.status)] += 1
         return out
 
     # -- internals ---------------------------------------------------------------------------

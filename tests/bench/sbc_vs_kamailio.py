@@ -61,6 +61,7 @@ from pathlib import Path
 
 import grpc
 
+from services import native
 from services.stack import Stack, StackConfig, StackError, free_port
 from services.subscribers import Provisioner, subscriber
 from tests.interop import kamailio as kam
@@ -428,6 +429,7 @@ def report(systems: list[System], drops: int) -> None:
           f">= {MIN_ACHIEVED:.0%} of the offered rate achieved.")
     print("kamailio: tests/bench/kamailio/pcscf.cfg: digest auth (pv_www_authenticate), usrloc "
           "and dialogs in memory, record_route, t_relay; volte: redis + state + sbc.")
+    print(f"volte's call path: {native.describe()}.")
     print(f"\n{'system':<15}{'offered':>8}{'calls':>7}{'failed':>7}{'achieved':>9}"
           f"{'INV->200':>9}{'retrans':>8}{'CPU s/1k':>9}  result")
     print(f"{'':<15}{'cps':>8}{'':>7}{'':>7}{'cps':>9}{'ms':>9}{'':>8}{'calls':>9}")

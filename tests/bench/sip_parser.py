@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from services import native
 from services.sip import parse_message
 from tests.bench.messages import INVITE, OK_200
 
@@ -69,7 +70,7 @@ def rate(work: Callable[[bytes], None], data: bytes, seconds: float = 1.5) -> fl
 
 
 def main() -> int:
-    print("SIP parser, one core (messages/s, best of 3)")
+    print(f"SIP parser, one core (messages/s, best of 3); {native.describe()}")
     print(f"{'path':<28}{'message':<18}{'bytes':>6}{'msg/s':>12}")
     ok = True
     for label, work in (("proxy (lazy parse)", proxy_path), ("full parse + serialize", full_path)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import textwrap
+from collections import Counter
 from enum import Enum
 from typing import Any
 
@@ -974,6 +975,21 @@ def test_layer_timers_across_transactions() -> None:
     timeouts = [(t, a.transaction) for t, a in events if isinstance(a, Timeout)]
     assert timeouts == [(32.0, inv_tx), (32.2, reg_tx)]
     assert len(layer) == 0 and layer.next_timer() is None
+
+
+def test_layer_counts_retransmissions_by_method_and_final_status() -> None:
+    """What loadgen reports as retransmissions: timer A/E re-sent requests, timer G finals."""
+    counted: Counter[str] = Counter()
+    layer = TransactionLayer(retransmissions=counted)
+    layer.send_request(invite(), 0.0)
+    layer.send_request(register(), 0.0)
+    req = invite()
+    layer.receive_request(req, 0.0)  # sends the automatic 100 Trying, never re-sent
+    layer.send_response(server_key(req), make_response(req, 486, to_tag="b"), 0.0)
+    layer.handle_timer(0.5)  # timers A, E and G: one of each
+    layer.handle_timer(1.5)  # A and G double to 1 s, E to 1 s: one of each again
+    assert counted == {"INVITE": 2, "REGISTER": 2, "486": 2}
+    assert TransactionLayer().retransmissions is None  # counting only when asked for
 
 
 def test_layer_late_handle_timer_fires_in_deadline_order() -> None:
