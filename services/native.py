@@ -31,6 +31,7 @@ MODULES = (
     "services.state.keys",
     "services.state.rules",
     "services.state.resp",
+    "services.state.store",
 )
 # The shared library mypyc builds for the group (a top-level module next to services/).
 GROUP = "volte_native"

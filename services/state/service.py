@@ -24,7 +24,7 @@ from services.common.health import HealthReporter, add_health
 from services.common.telemetry import setup_telemetry
 from services.state.connect import check_url, client_name
 from services.state.rules import Conflict, InvalidArgument
-from services.state.store import RedisStore
+from services.state.store import EARLY_DIALOG_TIMEOUT, RedisStore
 from volte.v1 import state_pb2, state_pb2_grpc
 
 log = logging.getLogger("volte.state")
@@ -73,7 +73,9 @@ class StateConfig:
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR", parse=_log_level)
     instance_id: str = option(f"{socket.gethostname()}-{os.getpid()}", "name of this instance")
     sweep_interval: float = option(0.5, "seconds between timer sweeps")
-    early_dialog_timeout: float = option(180.0, "seconds before an EARLY dialog is stale")
+    early_dialog_timeout: float = option(
+        EARLY_DIALOG_TIMEOUT, "seconds before an EARLY dialog is stale"
+    )
 
 
 class NotFound(LookupError):

@@ -33,13 +33,17 @@ GRACE_MS = 60_000  # Redis TTL past a record's deadline: a safety net behind the
 LIST_DEFAULT, LIST_MAX = 100, 1000
 
 
+# An EARLY dialog older than this is a stale call (the state service's default too).
+EARLY_DIALOG_TIMEOUT = 180.0
+
+
 class RedisStore:
     def __init__(
         self,
         client: RedisClient,
         *,
         clock: Clock = time.time,
-        early_dialog_timeout: float = 180.0,
+        early_dialog_timeout: float = EARLY_DIALOG_TIMEOUT,
         terminated_linger: float = 32.0,
         default_ttl: float = 7200.0,
     ) -> None:
@@ -72,10 +76,13 @@ class RedisStore:
         timeout: float = 0.5,
         client_name: str | None = None,
         lean: bool = False,
-        **options: Any,
+        early_dialog_timeout: float = EARLY_DIALOG_TIMEOUT,
+        clock: Clock = time.time,
     ) -> RedisStore:
-        """See connect.py for the URL forms and `lean`; `options` go to the constructor."""
-        return cls(connect(url, timeout=timeout, client_name=client_name, lean=lean), **options)
+        """See connect.py for the URL forms and `lean`; the rest as for the constructor."""
+        # No **options passed on: mypyc (services/native.py) cannot describe that signature.
+        client = connect(url, timeout=timeout, client_name=client_name, lean=lean)
+        return cls(client, early_dialog_timeout=early_dialog_timeout, clock=clock)
 
     async def close(self) -> None:
         await self.redis.aclose()
