@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,10 +130,22 @@ class StackConfig:
     bearer_policy: str = "best-effort"
 
 
+# Ports free_port handed out in this process, newest last.
+_HANDED_OUT: deque[int] = deque(maxlen=4096)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1, never one handed out here recently: the kernel may give the
+    same ephemeral port twice in a row, and two services of one stack then shared it (the
+    sbc's SIP and gRPC listeners both bind with SO_REUSEPORT, so neither failed)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
+    raise StackError("no free port left that was not handed out before")
 
 
 def sctp_kind(transport: str) -> str:
@@ -173,9 +186,11 @@ def free_port_run(count: int, kind: int = socket.SOCK_STREAM) -> int:
     """The first of `count` consecutive free ports (sbc workers use base, base + 1, ...)."""
     for _ in range(100):
         base = free_port(kind)
+        rest = range(base + 1, base + count)
         if base + count <= 65535 and not any(
-            port_busy("127.0.0.1", base + i, kind) for i in range(1, count)
+            port in _HANDED_OUT or port_busy("127.0.0.1", port, kind) for port in rest
         ):
+            _HANDED_OUT.extend(rest)
             return base
     raise StackError(f"no run of {count} free ports found")
 

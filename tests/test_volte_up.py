@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from services.stack import Stack, pid_alive
+from services.stack import Stack, free_port, free_port_run, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.interop  # runs redis-server
@@ -55,10 +55,8 @@ def _free(port: int) -> bool:
 def free_ports(n: int = 1) -> int:
     """A port p with p .. p+n-1 all free for both TCP and UDP."""
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n <= 65535 and all(_free(base + i) for i in range(n)):
+        base = free_port_run(n)  # never a port handed out before: Ports' four stay distinct
+        if all(_free(base + i) for i in range(n)):
             return base
     raise RuntimeError("no free ports")
 
@@ -386,3 +384,12 @@ def test_subscribers_without_a_stack(run_dir: Path) -> None:
     unreachable = volte("subscribers", "list", "--state", f"127.0.0.1:{free_ports()}")
     assert unreachable.returncode == 1
     assert_one_line_error(unreachable, "unreachable")
+
+
+def test_free_ports_are_never_handed_out_twice() -> None:
+    """The kernel may offer one ephemeral port twice in a row; a stack's services then shared
+    it (sbc SIP and gRPC, both SO_REUSEPORT) and `volte up` waited for SERVING in vain."""
+    ports = [free_port() for _ in range(300)] + [free_port(socket.SOCK_DGRAM) for _ in range(300)]
+    run = free_port_run(3)
+    assert len(set(ports)) == len(ports)
+    assert not {run, run + 1, run + 2} & set(ports)
