@@ -633,3 +633,16 @@ def test_notes_render():
     assert proc.returncode == 0, proc.stderr
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "helm test volte" in notes and "SR-IOV" in notes
+
+
+def test_checksum_annotations_are_quoted() -> None:
+    """A checksum that comes out all digits (or digits and one 'e') is a YAML number, which
+    Kubernetes rejects in an annotation. The secret's checksum changes with every render
+    (randAlphaNum), so that failed one CI run in many: each checksum goes through `quote`."""
+    lines = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted((CHART / "templates").glob("*.yaml"))
+        for line in path.read_text().splitlines()
+        if "checksum/" in line
+    ]
+    assert lines and all(line.endswith("| quote }}") for line in lines), lines
