@@ -10,9 +10,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed.stamp
 PROTOS := $(shell find proto -name '*.proto')
 PYTEST_ARGS ?=
-# The call path compiled in place with mypyc (services/native.py lists the modules).
-NATIVE_STAMP := build/native/.stamp
-NATIVE_SOURCES := native_build.py $(wildcard services/sip/*.py services/sbc/*.py services/state/*.py) services/native.py
 # Debian packages for real peers in tests: command -> package that provides it.
 DEB_TOOLS := sipp:sip-tester tshark:tshark redis-server:redis-server kamailio:kamailio baresip:baresip-core clang:clang linux.uml:user-mode-linux tc:iproute2 /usr/lib/usrsctp/echo_server:libusrsctp-examples nft:nftables
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -58,11 +55,10 @@ deps:
 proto: $(STAMP)
 	$(PY) hatch_build.py
 
-native: $(NATIVE_STAMP)
-
-$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+# Compiles only when a module of services/native.py has no extension or a stale one (the
+# same rule pytest enforces); `make clean-native native` recompiles everything.
+native: $(STAMP)
 	$(PY) native_build.py
-	@mkdir -p $(@D) && touch $@
 
 clean-native: $(STAMP)
 	$(PY) native_build.py --clean

@@ -1,9 +1,10 @@
 """Compile the call path (services/native.py MODULES) in place with mypyc: `make native`.
 
-Without a C compiler or Python's headers this says so and leaves the pure-Python modules to
-run; a compiler that fails on our code is an error (CI must see it). `--clean` removes the
-extensions, and every build starts from a clean tree so that no module dropped from MODULES
-keeps running compiled.
+Nothing is done while every module has an extension newer than its .py (`native.stale()`,
+the rule pytest enforces too). Without a C compiler or Python's headers this says so and
+leaves the pure-Python modules to run; a compiler that fails on our code is an error (CI must
+see it). `--clean` removes the extensions, and every build starts from a clean tree so that no
+module dropped from MODULES keeps running compiled.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from services.native import GROUP, MODULES, ROOT, extensions, source
+from services.native import GROUP, MODULES, ROOT, extensions, source, stale
 
 BUILD_DIR = ROOT / "build" / "native"
 
 
 def clean() -> list[Path]:
     removed = [ext for module in MODULES for ext in extensions(module)]
-    removed += [*ROOT.glob(f"{GROUP}__mypyc.*"), *ROOT.glob("services/**/*__mypyc.*")]
+    removed += ROOT.glob(f"{GROUP}__mypyc.*")
     for path in removed:
         path.unlink()
     shutil.rmtree(BUILD_DIR, ignore_errors=True)
@@ -42,6 +43,9 @@ def missing_toolchain() -> str | None:
 
 
 def build() -> int:
+    if all(extensions(module) for module in MODULES) and not stale():
+        print(f"native: {len(MODULES)} call-path modules compiled and up to date")
+        return 0
     clean()
     why_not = missing_toolchain()
     if why_not is not None:

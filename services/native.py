@@ -6,7 +6,7 @@ place. The .py files stay the source and run wherever nothing was compiled (a ma
 a compiler, the container images). Compiling takes about a fifth off the sbc's CPU per call.
 
 An extension older than its .py would run old code: `stale()` finds those, pytest refuses
-to start on them (tests/conftest.py) and `make native` rebuilds them.
+to start on them (tests/conftest.py) and `make native` rebuilds then.
 """
 
 from __future__ import annotations
@@ -45,11 +45,8 @@ def source(module: str, root: Path = ROOT) -> Path:
 def extensions(module: str, root: Path = ROOT) -> list[Path]:
     """The compiled extensions of `module` lying next to its source (normally none or one)."""
     src = source(module, root)
-    return [
-        src.with_name(src.stem + suffix)
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        if src.with_name(src.stem + suffix).exists()
-    ]
+    candidates = (src.with_name(src.stem + s) for s in importlib.machinery.EXTENSION_SUFFIXES)
+    return [path for path in candidates if path.exists()]
 
 
 def compiled(module: str) -> bool:

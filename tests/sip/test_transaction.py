@@ -984,7 +984,7 @@ def test_layer_counts_retransmissions_by_method_and_final_status() -> None:
     layer.send_request(invite(), 0.0)
     layer.send_request(register(), 0.0)
     req = invite()
-    layer.receive_request(req, 0.0)  # sends the automatic 100 Trying, never re-sent
+    layer.receive_request(req, 0.0)
     layer.send_response(server_key(req), make_response(req, 486, to_tag="b"), 0.0)
     layer.handle_timer(0.5)  # timers A, E and G: one of each
     layer.handle_timer(1.5)  # A and G double to 1 s, E to 1 s: one of each again
